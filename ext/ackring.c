@@ -1,0 +1,891 @@
+/*
+ * ackring.c - the C core.  Read ackring.h first, then docs/design.md.
+ *
+ * Conventions used in every comment on an atomic below:
+ *   "who"   - which process writes the field, and in which slot state;
+ *   "order" - why that memory ordering is enough.
+ * Invariants I1..I6 are stated in docs/design.md and named where they are kept.
+ */
+#define _GNU_SOURCE
+#include "ackring.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define AR_CACHELINE 64
+#define AR_ALIGNED __attribute__((aligned(AR_CACHELINE)))
+
+/* Shorthands for the GCC/Clang __atomic builtins; every use names its order. */
+#define LOAD(p, o) __atomic_load_n((p), (o))
+#define STORE(p, v, o) __atomic_store_n((p), (v), (o))
+#define CAS(p, expp, v, so, fo) __atomic_compare_exchange_n((p), (expp), (v), 0, (so), (fo))
+#define FADD(p, v, o) __atomic_fetch_add((p), (v), (o))
+#define FSUB(p, v, o) __atomic_fetch_sub((p), (v), (o))
+#define RLX __ATOMIC_RELAXED
+#define ACQ __ATOMIC_ACQUIRE
+#define REL __ATOMIC_RELEASE
+#define ACQREL __ATOMIC_ACQ_REL
+#define SEQ __ATOMIC_SEQ_CST
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define cpu_relax() __asm__ __volatile__("" ::: "memory")
+#endif
+
+/* ------------------------------------------------------------------------
+ * Segment layout.  Offsets and sizes are fixed by AR_VERSION; docs/design.md
+ * has the table.  Everything in the first cache line is written once by the
+ * creator before the segment gets its public name (link(2)), and is validated
+ * and copied into the process-local ar_queue at open; it is never trusted
+ * again after that.
+ * ------------------------------------------------------------------------ */
+typedef struct ar_header {
+    /* line 0: immutable geometry */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;
+    uint32_t capacity;
+    uint32_t message_size;
+    uint32_t slot_size;
+    uint32_t max_clients;
+    uint64_t flags;
+    uint64_t created_ns; /* CLOCK_REALTIME at creation */
+    uint64_t queue_id;   /* random, from getrandom(2): tells re-creations of a name apart */
+    uint64_t total_size;
+
+    /* line 1: producer side.
+     * tail: next ring position to claim.  A hint (I1): advanced only by
+     * CAS(t -> t+1) after slot t was claimed, by the claimer or by any
+     * process that finds slot t claimed ("helping"), so a process dying
+     * between its claim and its advance leaves nothing half done (I2). */
+    uint64_t tail AR_ALIGNED;
+    uint32_t not_full_seq;      /* futex word producers sleep on; bumped by settles */
+    uint32_t producers_waiting; /* producers between announce and leave of a sleep  */
+
+    /* line 2: consumer side, same rules as tail. */
+    uint64_t head AR_ALIGNED;
+    /* requeued: an upper bound on the number of READY slots behind head
+     * (requeued by nack or reclaim).  Raised before such a slot becomes
+     * READY, lowered after it is taken, so it is never below the truth (I5). */
+    uint64_t requeued;
+    uint32_t not_empty_seq;     /* futex word consumers sleep on; bumped by publishes */
+    uint32_t consumers_waiting;
+
+    /* line 3: rarely written */
+    uint64_t reclaim_lock AR_ALIGNED; /* 0, or (pid << 32 | entry + 1) of the reclaimer */
+    uint64_t retired[5];              /* counters folded in from freed entries */
+    uint64_t settle_seq;              /* bumped by every settle (for receipts)  */
+} ar_header;
+
+/* A process-table entry: one per attached producer or consumer object. */
+enum { AR_C_FREE = 0, AR_C_CLAIMING = 1, AR_C_ACTIVE = 2, AR_C_DEAD = 3 };
+#define CW_STATE(w) ((uint32_t)((w) & 0xFFu))
+#define CW_ROLE(w) ((uint32_t)(((w) >> 8) & 0xFFu))
+#define CW_PID(w) ((uint32_t)((w) >> 32))
+#define CWORD(state, role, pid) (((uint64_t)(pid) << 32) | ((uint64_t)(role) << 8) | (state))
+
+enum { CNT_PUBLISHED, CNT_ACKED, CNT_NACKED, CNT_REDELIVERED, CNT_DISCARDED, CNT_N };
+#define WAIT_CONSUMER 1u
+#define WAIT_PRODUCER 2u
+
+typedef struct ar_client {
+    uint64_t word;       /* CWORD; FREE -> CLAIMING by CAS (the claimer), -> ACTIVE by the
+                          * claimer's release store, -> DEAD by the reclaimer's CAS,
+                          * -> FREE by the owner (unregister) or the reclaimer. */
+    uint64_t start_time; /* written by the claimer while CLAIMING, read after ACTIVE (acquire) */
+    uint64_t count[CNT_N]; /* statistics, written only by the owner (relaxed fetch-add) */
+    uint32_t waiting;      /* WAIT_* bits: set only by the owner while counted in a waiters word */
+    uint32_t pad;
+} AR_ALIGNED ar_client;
+
+/* Slot header; the payload follows it, slot_size bytes per slot in all. */
+typedef struct ar_slot {
+    uint64_t word;       /* the slot word (ackring.h).  Every state change is one CAS on it. */
+    uint64_t id;         /* ring position; written by the WRITING owner */
+    uint32_t len;        /* payload length; written by the WRITING owner, bounds-checked by readers */
+    uint32_t flags;
+    uint64_t publish_ns; /* CLOCK_REALTIME at publish; written by the WRITING owner */
+    uint64_t reserved[4];
+} ar_slot;
+
+struct ar_queue {
+    unsigned char *base;
+    size_t size;
+    ar_header *hdr;
+    ar_client *clients;
+    unsigned char *slots;
+    /* geometry validated at open; local copies, never re-read from shared memory */
+    uint32_t capacity, mask, shift, message_size, slot_size, max_clients;
+    uint64_t queue_id, created_ns;
+};
+
+_Static_assert(sizeof(ar_slot) == 64, "slot header is one cache line");
+_Static_assert(sizeof(ar_client) == 64, "client entry is one cache line");
+_Static_assert(offsetof(ar_header, tail) == 64, "layout v1");
+_Static_assert(offsetof(ar_header, head) == 128, "layout v1");
+_Static_assert(offsetof(ar_header, reclaim_lock) == 192, "layout v1");
+_Static_assert(sizeof(ar_header) == 256, "layout v1");
+
+/* ---------------------------------------------------------------- helpers */
+
+static inline uint32_t slot_size_for(uint32_t message_size) {
+    uint64_t s = sizeof(ar_slot) + (uint64_t)message_size;
+    return (uint32_t)((s + AR_CACHELINE - 1) & ~(uint64_t)(AR_CACHELINE - 1));
+}
+static inline uint64_t clients_offset(void) { return sizeof(ar_header); }
+static inline uint64_t slots_offset(uint32_t max_clients) {
+    return clients_offset() + (uint64_t)max_clients * sizeof(ar_client);
+}
+static inline uint64_t total_size_for(uint32_t cap, uint32_t msz, uint32_t max_clients) {
+    return slots_offset(max_clients) + (uint64_t)cap * slot_size_for(msz);
+}
+static inline ar_slot *slot_at(const ar_queue *q, uint64_t pos) {
+    /* The mask keeps every index in bounds whatever pos a corrupted head/tail holds. */
+    return (ar_slot *)(q->slots + (size_t)(pos & q->mask) * q->slot_size);
+}
+static inline uint32_t lap_of(const ar_queue *q, uint64_t pos) { return (uint32_t)(pos >> q->shift); }
+static inline unsigned char *payload(ar_slot *s) { return (unsigned char *)(s + 1); }
+static inline uint32_t next_gen(uint32_t g) { return g >= 0xFFFFu ? 1u : g + 1u; }
+
+uint64_t ar_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+static uint64_t realtime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void count(ar_queue *q, uint32_t entry, int which, uint64_t n) {
+    if (entry < q->max_clients)
+        /* who: the entry's owner only; relaxed: a statistic, ordered with nothing. */
+        FADD(&q->clients[entry].count[which], n, RLX);
+}
+
+/* Futex on a word in the shared mapping: not FUTEX_PRIVATE, the waiters are
+ * other processes.  The timeout is relative, measured on CLOCK_MONOTONIC. */
+static void futex_wait(uint32_t *addr, uint32_t expected, uint64_t timeout_ns) {
+    struct timespec ts = {(time_t)(timeout_ns / 1000000000ull), (long)(timeout_ns % 1000000000ull)};
+    syscall(SYS_futex, addr, FUTEX_WAIT, expected, &ts, NULL, 0);
+    /* EAGAIN (word moved), EINTR (signal) and ETIMEDOUT all mean: re-check. */
+}
+static void futex_wake_all(uint32_t *addr) { syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }
+
+/* Wake sleepers of one side if any announced themselves.  Called right after a
+ * seq_cst CAS that made the awaited condition true: that CAS and the seq_cst
+ * load of *waiting pair with the sleeper's seq_cst fetch-add on *waiting and its
+ * seq_cst re-check (Dekker), so either we see the sleeper or it sees our CAS.
+ * No syscall when nobody waits (the fast path). */
+static inline void wake_side(uint32_t *waiting, uint32_t *seq) {
+    if (LOAD(waiting, SEQ) != 0) {
+        FADD(seq, 1, SEQ); /* moves the word so a sleeper about to FUTEX_WAIT returns EAGAIN */
+        futex_wake_all(seq);
+    }
+}
+static inline void wake_consumers(ar_queue *q) { wake_side(&q->hdr->consumers_waiting, &q->hdr->not_empty_seq); }
+static inline void wake_producers(ar_queue *q) { wake_side(&q->hdr->producers_waiting, &q->hdr->not_full_seq); }
+
+/* Advance a shared position from `from` to `from + 1` if nobody did yet.
+ * Failure means another process helped: positions only grow. */
+static inline void help_advance(uint64_t *pos, uint64_t from) {
+    uint64_t expected = from;
+    /* release: publishes nothing by itself; readers re-validate the slot word. */
+    CAS(pos, &expected, from + 1, REL, RLX);
+}
+
+/* ---------------------------------------------------------------- names, files */
+
+int ar_check_name(const char *name) {
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > AR_NAME_MAX || name[0] == '.')
+        return AR_INVAL;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+              c == '_' || c == '-'))
+            return AR_INVAL;
+    }
+    return AR_OK;
+}
+
+static int seg_path(char *buf, size_t bufsz, const char *dir, const char *name) {
+    int n = snprintf(buf, bufsz, "%s/ackring.%s", dir, name);
+    return (n < 0 || (size_t)n >= bufsz) ? AR_INVAL : AR_OK;
+}
+
+static int map_queue(int fd, size_t size, ar_queue **out) {
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED)
+        return AR_ERRNO;
+    ar_queue *q = calloc(1, sizeof *q);
+    if (!q) {
+        munmap(base, size);
+        errno = ENOMEM;
+        return AR_ERRNO;
+    }
+    q->base = base;
+    q->size = size;
+    q->hdr = (ar_header *)base;
+    *out = q;
+    return AR_OK;
+}
+
+static void set_geometry(ar_queue *q, uint32_t cap, uint32_t msz, uint32_t max_clients) {
+    q->capacity = cap;
+    q->mask = cap - 1;
+    q->shift = (uint32_t)__builtin_ctz(cap);
+    q->message_size = msz;
+    q->slot_size = slot_size_for(msz);
+    q->max_clients = max_clients;
+    q->clients = (ar_client *)(q->base + clients_offset());
+    q->slots = q->base + slots_offset(max_clients);
+}
+
+int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t message_size,
+              uint32_t max_clients, int mode, ar_queue **out) {
+    if (ar_check_name(name) != AR_OK || capacity < 2 || capacity > AR_MAX_CAPACITY ||
+        (capacity & (capacity - 1)) != 0 || message_size < 1 || message_size > AR_MAX_MESSAGE_SIZE ||
+        max_clients < 1 || max_clients > AR_MAX_CLIENTS)
+        return AR_INVAL;
+    char path[4096], tmp[4096];
+    if (seg_path(path, sizeof path, dir, name) != AR_OK)
+        return AR_INVAL;
+    uint64_t rnd = 0;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        rnd = realtime_ns() ^ ((uint64_t)getpid() << 32);
+    int n = snprintf(tmp, sizeof tmp, "%s/.ackring.%s.%d.%016llx.tmp", dir, name, (int)getpid(),
+                     (unsigned long long)rnd);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return AR_INVAL;
+    uint64_t size = total_size_for(capacity, message_size, max_clients);
+    if (size > (uint64_t)SIZE_MAX / 2)
+        return AR_INVAL;
+
+    /* Build the whole segment under a private temporary name, then give it its
+     * public name with link(2), which fails with EEXIST atomically: an opener
+     * never sees a half-initialised segment, and a creator killed at any point
+     * leaves at worst a stray temporary file, never a broken queue. */
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return errno == ENOENT ? AR_NOTFOUND : AR_ERRNO;
+    int rc = AR_ERRNO;
+    ar_queue *q = NULL;
+    if (fchmod(fd, (mode_t)mode & 07777) != 0)
+        goto fail;
+    /* posix_fallocate reserves the tmpfs pages now: a full /dev/shm is an
+     * ENOSPC here instead of a SIGBUS in some later put(). */
+    if ((errno = posix_fallocate(fd, 0, (off_t)size)) != 0)
+        goto fail;
+    if ((rc = map_queue(fd, (size_t)size, &q)) != AR_OK)
+        goto fail;
+    set_geometry(q, capacity, message_size, max_clients);
+    ar_header *h = q->hdr;
+    h->version = AR_VERSION;
+    h->header_size = sizeof(ar_header);
+    h->capacity = capacity;
+    h->message_size = message_size;
+    h->slot_size = q->slot_size;
+    h->max_clients = max_clients;
+    h->created_ns = realtime_ns();
+    h->queue_id = rnd ? rnd : 1;
+    h->total_size = size;
+    for (uint32_t i = 0; i < capacity; i++) {
+        /* lap 0xFFFFFFFF = "lap -1": slot i is free for position i of lap 0. */
+        slot_at(q, i)->word = AR_WORD(AR_S_FREE, AR_NO_OWNER, 0, 0xFFFFFFFFu);
+    }
+    /* release: orders every initialising store before the magic (belt and braces;
+     * link(2) below is what actually publishes the segment). */
+    STORE(&h->magic, AR_MAGIC, REL);
+    q->queue_id = h->queue_id;
+    q->created_ns = h->created_ns;
+    if (link(tmp, path) != 0) {
+        rc = errno == EEXIST ? AR_EXISTS : (errno == ENOENT ? AR_NOTFOUND : AR_ERRNO);
+        int e = errno;
+        ar_close(q);
+        q = NULL;
+        errno = e;
+        goto fail;
+    }
+    unlink(tmp);
+    close(fd);
+    *out = q;
+    return AR_OK;
+fail : {
+    int e = errno;
+    if (q)
+        ar_close(q);
+    unlink(tmp);
+    close(fd);
+    errno = e;
+    return rc;
+}
+}
+
+int ar_open(const char *dir, const char *name, ar_queue **out) {
+    if (ar_check_name(name) != AR_OK)
+        return AR_INVAL;
+    char path[4096];
+    if (seg_path(path, sizeof path, dir, name) != AR_OK)
+        return AR_INVAL;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? AR_NOTFOUND : AR_ERRNO;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return AR_ERRNO;
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < sizeof(ar_header)) {
+        close(fd);
+        return AR_INCOMPATIBLE;
+    }
+    /* I4: validate every header field against the others and the file size
+     * before anything is derived from it; a copy is read so a concurrent
+     * scribbler cannot change a field between its check and its use. */
+    ar_header h;
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+        close(fd);
+        return AR_INCOMPATIBLE;
+    }
+    if (h.magic != AR_MAGIC || h.version != AR_VERSION || h.header_size != sizeof(ar_header) ||
+        h.capacity < 2 || h.capacity > AR_MAX_CAPACITY || (h.capacity & (h.capacity - 1)) != 0 ||
+        h.message_size < 1 || h.message_size > AR_MAX_MESSAGE_SIZE ||
+        h.slot_size != slot_size_for(h.message_size) || h.max_clients < 1 ||
+        h.max_clients > AR_MAX_CLIENTS ||
+        h.total_size != total_size_for(h.capacity, h.message_size, h.max_clients) ||
+        h.total_size != (uint64_t)st.st_size || h.total_size > (uint64_t)SIZE_MAX / 2) {
+        close(fd);
+        return AR_INCOMPATIBLE;
+    }
+    ar_queue *q = NULL;
+    int rc = map_queue(fd, (size_t)h.total_size, &q);
+    int e = errno;
+    close(fd);
+    if (rc != AR_OK) {
+        errno = e;
+        return rc;
+    }
+    set_geometry(q, h.capacity, h.message_size, h.max_clients);
+    q->queue_id = h.queue_id;
+    q->created_ns = h.created_ns;
+    *out = q;
+    return AR_OK;
+}
+
+int ar_unlink(const char *dir, const char *name) {
+    if (ar_check_name(name) != AR_OK)
+        return AR_INVAL;
+    char path[4096];
+    if (seg_path(path, sizeof path, dir, name) != AR_OK)
+        return AR_INVAL;
+    if (unlink(path) != 0)
+        return errno == ENOENT ? AR_NOTFOUND : AR_ERRNO;
+    return AR_OK;
+}
+
+void ar_close(ar_queue *q) {
+    if (!q)
+        return;
+    munmap(q->base, q->size);
+    free(q);
+}
+
+uint32_t ar_capacity(const ar_queue *q) { return q->capacity; }
+uint32_t ar_message_size(const ar_queue *q) { return q->message_size; }
+uint32_t ar_max_clients(const ar_queue *q) { return q->max_clients; }
+uint64_t ar_queue_id(const ar_queue *q) { return q->queue_id; }
+uint64_t ar_created_ns(const ar_queue *q) { return q->created_ns; }
+
+/* ---------------------------------------------------------------- process table */
+
+int ar_register(ar_queue *q, uint32_t role, uint32_t pid, uint64_t start_time, uint32_t *entry) {
+    if (role < AR_ROLE_PRODUCER || role > AR_ROLE_OBSERVER || pid == 0)
+        return AR_INVAL;
+    for (uint32_t i = 0; i < q->max_clients; i++) {
+        ar_client *c = &q->clients[i];
+        uint64_t w = LOAD(&c->word, RLX);
+        if (CW_STATE(w) != AR_C_FREE)
+            continue;
+        /* I2: the entry names its owner (pid) from the instant it is taken, so a
+         * claimer killed before ACTIVE is still found and freed by reclaim.
+         * acquire: we will reuse whatever the previous owner left; its release
+         * store of FREE happens-before our writes. */
+        if (!CAS(&c->word, &w, CWORD(AR_C_CLAIMING, role, pid), ACQ, RLX))
+            continue;
+        c->start_time = start_time;
+        for (int k = 0; k < CNT_N; k++)
+            STORE(&c->count[k], 0, RLX);
+        STORE(&c->waiting, 0, RLX);
+        /* release: start_time and the zeroed counters are visible to whoever
+         * reads ACTIVE with acquire (reclaim's liveness check). */
+        STORE(&c->word, CWORD(AR_C_ACTIVE, role, pid), REL);
+        *entry = i;
+        return AR_OK;
+    }
+    return AR_TABLE_FULL;
+}
+
+int ar_get_client(const ar_queue *q, uint32_t index, ar_client_info *out) {
+    if (index >= q->max_clients)
+        return AR_INVAL;
+    const ar_client *c = &q->clients[index];
+    uint64_t w = LOAD(&c->word, ACQ); /* acquire: pairs with the release store of ACTIVE */
+    out->index = index;
+    out->state = CW_STATE(w);
+    out->role = CW_ROLE(w);
+    out->pid = CW_PID(w);
+    out->start_time = LOAD(&c->start_time, RLX);
+    return AR_OK;
+}
+
+/* Put back everything slot-wise that entry `e` holds: WRITING slots are
+ * discarded (their put() never returned: nothing confirmed is lost), DELIVERED
+ * slots become READY again behind head (I5).  Only called by the owner itself
+ * (close) or by the reclaimer holding the lock on a DEAD entry, so no other
+ * process acts as `e` meanwhile.  Returns the number of slots repaired. */
+static uint32_t release_slots(ar_queue *q, uint32_t e) {
+    uint32_t repaired = 0, requeued = 0, discarded = 0;
+    ar_header *h = q->hdr;
+    for (uint32_t i = 0; i < q->capacity; i++) {
+        ar_slot *s = slot_at(q, i);
+        uint64_t w = LOAD(&s->word, ACQ);
+        for (;;) {
+            uint32_t st = AR_W_STATE(w);
+            if (AR_W_OWNER(w) != e || (st != AR_S_WRITING && st != AR_S_DELIVERED))
+                break;
+            uint32_t lap = AR_W_LAP(w);
+            if (st == AR_S_WRITING) {
+                /* The writer may have died before advancing tail: finish it (I2). */
+                uint64_t t = LOAD(&h->tail, ACQ);
+                if (lap_of(q, t) == lap && (t & q->mask) == i)
+                    help_advance(&h->tail, t);
+                /* seq_cst: pairs with sleeping consumers' re-check (see wake_side). */
+                if (CAS(&s->word, &w, AR_WORD(AR_S_FREE, AR_NO_OWNER, 0, lap), SEQ, ACQ)) {
+                    repaired++;
+                    discarded++;
+                    break;
+                }
+            } else {
+                /* The consumer may have died between its slot CAS and its head
+                 * advance: finish that first, so the slot is behind head when it
+                 * turns READY (I5) and the head path never takes it twice. */
+                uint64_t hd = LOAD(&h->head, ACQ);
+                if (lap_of(q, hd) == lap && (hd & q->mask) == i)
+                    help_advance(&h->head, hd);
+                /* I5: the hint goes up before the slot is READY, so it is never low. */
+                FADD(&h->requeued, 1, SEQ);
+                if (CAS(&s->word, &w, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(w), lap), SEQ, ACQ)) {
+                    repaired++;
+                    requeued++;
+                    break;
+                }
+                FSUB(&h->requeued, 1, RLX); /* lost the race: the hint goes back */
+            }
+        }
+    }
+    if (discarded)
+        count(q, e, CNT_DISCARDED, discarded);
+    if (requeued)
+        wake_consumers(q);
+    if (discarded) {
+        wake_consumers(q); /* head may move past the discarded position */
+        wake_producers(q);
+    }
+    return repaired;
+}
+
+/* Fold an entry's statistics into the retired totals and free the entry. */
+static void retire_entry(ar_queue *q, uint32_t e, uint64_t expect_word) {
+    ar_client *c = &q->clients[e];
+    for (int k = 0; k < CNT_N; k++) {
+        uint64_t v = LOAD(&c->count[k], RLX);
+        if (v) {
+            /* relaxed: statistics. A death between these two lines counts v twice (documented). */
+            FADD(&q->hdr->retired[k], v, RLX);
+            STORE(&c->count[k], 0, RLX);
+        }
+    }
+    uint32_t wbits = LOAD(&c->waiting, RLX);
+    /* A dead sleeper stays counted in the waiters words: take it out so
+     * publishers stop paying for futex wakes nobody needs. */
+    if (wbits & WAIT_CONSUMER)
+        FSUB(&q->hdr->consumers_waiting, 1, SEQ);
+    if (wbits & WAIT_PRODUCER)
+        FSUB(&q->hdr->producers_waiting, 1, SEQ);
+    STORE(&c->waiting, 0, RLX);
+    /* release: everything above happens-before the next claimer's acquire CAS. */
+    uint64_t w = expect_word;
+    CAS(&c->word, &w, CWORD(AR_C_FREE, 0, 0), REL, RLX);
+}
+
+int ar_unregister(ar_queue *q, uint32_t entry) {
+    if (entry >= q->max_clients)
+        return AR_INVAL;
+    uint64_t w = LOAD(&q->clients[entry].word, ACQ);
+    if (CW_STATE(w) != AR_C_ACTIVE)
+        return AR_STALE;
+    release_slots(q, entry);
+    retire_entry(q, entry, w);
+    return AR_OK;
+}
+
+int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t pid, uint64_t start_time,
+                     uint32_t *repaired) {
+    *repaired = 0;
+    if (index >= q->max_clients || reclaimer >= q->max_clients)
+        return AR_INVAL;
+    ar_header *h = q->hdr;
+    uint64_t me = ((uint64_t)(uint32_t)getpid() << 32) | (reclaimer + 1);
+    uint64_t held = 0;
+    /* acquire: a previous reclaimer's repairs (release on unlock) are visible. */
+    if (!CAS(&h->reclaim_lock, &held, me, ACQ, RLX)) {
+        /* Held.  If the holder's entry is no longer the live holder's (the
+         * holder died and its entry was reclaimed or reused), break the lock:
+         * a dead process must not be able to stall recovery. */
+        uint32_t hidx = (uint32_t)(held & 0xFFFFFFFFu) - 1, hpid = (uint32_t)(held >> 32);
+        uint64_t hw = hidx < q->max_clients ? LOAD(&q->clients[hidx].word, ACQ) : 0;
+        if (hidx < q->max_clients && CW_PID(hw) == hpid && CW_STATE(hw) == AR_C_ACTIVE)
+            return AR_AGAIN;
+        if (!CAS(&h->reclaim_lock, &held, me, ACQ, RLX))
+            return AR_AGAIN;
+    }
+    int rc = AR_OK;
+    ar_client *c = &q->clients[index];
+    uint64_t w = LOAD(&c->word, ACQ);
+    uint32_t st = CW_STATE(w);
+    if (CW_PID(w) != pid || st == AR_C_FREE ||
+        (st == AR_C_ACTIVE && LOAD(&c->start_time, RLX) != start_time)) {
+        rc = AR_STALE; /* the entry changed hands since the verdict: leave it */
+    } else {
+        uint64_t dead = CWORD(AR_C_DEAD, CW_ROLE(w), pid);
+        /* DEAD first: nobody may claim the entry while its slots are repaired,
+         * so a repair can never hit a newcomer under the same index. */
+        if (st != AR_C_DEAD && !CAS(&c->word, &w, dead, ACQREL, ACQ)) {
+            rc = AR_STALE;
+        } else {
+            *repaired = release_slots(q, index);
+            retire_entry(q, index, dead);
+        }
+    }
+    /* release: our repairs happen-before the next reclaimer's acquire. */
+    STORE(&h->reclaim_lock, 0, REL);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- messages */
+
+static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint64_t *id) {
+    ar_header *h = q->hdr;
+    for (;;) {
+        uint64_t t = LOAD(&h->tail, ACQ);
+        ar_slot *s = slot_at(q, t);
+        /* acquire: pairs with the consumer's settle CAS, so its reads of the
+         * old payload happen-before our overwrite. */
+        uint64_t w = LOAD(&s->word, ACQ);
+        uint32_t lap = lap_of(q, t);
+        int32_t d = (int32_t)(AR_W_LAP(w) - lap);
+        if (d == -1) {
+            if (AR_W_STATE(w) == AR_S_FREE) {
+                uint64_t mine = AR_WORD(AR_S_WRITING, e, 0, lap);
+                /* I2: claim the slot first, naming ourselves as owner; acquire as above. */
+                if (!CAS(&s->word, &w, mine, ACQ, RLX))
+                    continue;
+                help_advance(&h->tail, t); /* then the position; anyone may finish this */
+                s->id = t;
+                s->len = len;
+                s->flags = 0;
+                s->publish_ns = realtime_ns();
+                if (len)
+                    memcpy(payload(s), data, len);
+                /* I3: publish.  seq_cst CAS: release for the payload above, and the
+                 * Dekker half of the no-lost-wakeup argument (wake_side).  It can
+                 * only fail if a reclaimer judged us dead and discarded the slot. */
+                uint64_t exp = mine;
+                if (!CAS(&s->word, &exp, AR_WORD(AR_S_READY, AR_NO_OWNER, 0, lap), SEQ, RLX))
+                    return AR_STALE;
+                count(q, e, CNT_PUBLISHED, 1);
+                wake_consumers(q);
+                *id = t;
+                return AR_OK;
+            }
+            /* The slot still holds lap-1's unsettled message: full, unless tail moved. */
+            if (LOAD(&h->tail, ACQ) != t)
+                continue;
+            return AR_FULL;
+        }
+        if (d == 0) { /* position t already claimed: help tail along */
+            help_advance(&h->tail, t);
+            continue;
+        }
+        if (d > 0) /* our tail was stale */
+            continue;
+        return AR_CORRUPT; /* a slot two laps behind tail cannot happen in a sound segment */
+    }
+}
+
+static int fill_delivery(ar_queue *q, ar_slot *s, uint64_t pos, uint64_t word, ar_delivery *d) {
+    /* We own the slot (DELIVERED, acquired by CAS), so the producer's writes are visible. */
+    uint32_t len = s->len;
+    uint64_t id = s->id;
+    if (len > q->message_size || id != pos) /* I4: never trust a length from shared memory */
+        return AR_CORRUPT;
+    d->pos = pos;
+    d->word = word;
+    d->data = payload(s);
+    d->len = len;
+    d->delivery_count = AR_W_GEN(word);
+    d->publish_ns = s->publish_ns;
+    return AR_OK;
+}
+
+/* Take a requeued READY slot behind head, oldest position first. */
+static int take_requeued(ar_queue *q, uint32_t e, ar_delivery *d) {
+    ar_header *h = q->hdr;
+    uint64_t hd = LOAD(&h->head, ACQ);
+    uint64_t p = hd >= q->capacity ? hd - q->capacity : 0;
+    for (; p < hd; p++) {
+        ar_slot *s = slot_at(q, p);
+        uint64_t w = LOAD(&s->word, ACQ);
+        uint32_t lap = lap_of(q, p);
+        if (AR_W_LAP(w) != lap || AR_W_STATE(w) != AR_S_READY)
+            continue;
+        uint64_t mine = AR_WORD(AR_S_DELIVERED, e, next_gen(AR_W_GEN(w)), lap);
+        /* acquire: the requeuer's release (its CAS) made the slot's fields visible. */
+        if (!CAS(&s->word, &w, mine, ACQ, RLX))
+            continue;
+        FSUB(&h->requeued, 1, RLX); /* I5: lowered only after the slot left READY */
+        int rc = fill_delivery(q, s, p, mine, d);
+        if (rc == AR_OK)
+            count(q, e, CNT_REDELIVERED, 1);
+        return rc;
+    }
+    return AR_EMPTY;
+}
+
+static int try_get(ar_queue *q, uint32_t e, ar_delivery *d) {
+    ar_header *h = q->hdr;
+    /* I5: a requeued message goes ahead of everything never delivered. */
+    if (LOAD(&h->requeued, ACQ) != 0) {
+        int rc = take_requeued(q, e, d);
+        if (rc != AR_EMPTY)
+            return rc;
+    }
+    for (;;) {
+        uint64_t hd = LOAD(&h->head, ACQ);
+        ar_slot *s = slot_at(q, hd);
+        /* seq_cst (a plain load on x86): the re-check half of the Dekker pair in ar_get. */
+        uint64_t w = LOAD(&s->word, SEQ);
+        uint32_t lap = lap_of(q, hd);
+        int32_t dl = (int32_t)(AR_W_LAP(w) - lap);
+        if (dl == 0) {
+            uint32_t st = AR_W_STATE(w);
+            if (st == AR_S_READY) {
+                uint64_t mine = AR_WORD(AR_S_DELIVERED, e, next_gen(AR_W_GEN(w)), lap);
+                /* I2: take the slot first, naming ourselves; acquire pairs with the
+                 * producer's publish CAS so the payload is visible. */
+                if (!CAS(&s->word, &w, mine, ACQ, RLX))
+                    continue;
+                help_advance(&h->head, hd); /* then the position; anyone may finish this */
+                int rc = fill_delivery(q, s, hd, mine, d);
+                if (rc == AR_OK && AR_W_GEN(mine) > 1)
+                    count(q, e, CNT_REDELIVERED, 1);
+                return rc;
+            }
+            if (st == AR_S_WRITING) /* its producer is copying; publish will wake us */
+                return AR_EMPTY;
+            help_advance(&h->head, hd); /* taken or discarded already: move on */
+            continue;
+        }
+        if (dl == -1) { /* nothing claimed at head yet */
+            if (LOAD(&h->head, ACQ) != hd)
+                continue;
+            return AR_EMPTY;
+        }
+        if (dl > 0) /* stale head */
+            continue;
+        return AR_CORRUPT;
+    }
+}
+
+/* Spin briefly, then one bounded sleep on a futex word after announcing
+ * ourselves in *waiting.  Returns the attempt's result, `none` at the
+ * deadline, or AR_AGAIN after at most one slice (so the caller can check for
+ * signals and run a reclaim pass). */
+
+static int wait_loop(ar_queue *q, uint32_t e, uint64_t deadline, uint32_t *waiting, uint32_t *seq,
+                     uint32_t wbit, int (*attempt)(ar_queue *, uint32_t, void *), void *arg, int none) {
+    /* Spin briefly first: the other side is often a few hundred ns away. */
+    for (int i = 0; i < 64; i++) {
+        cpu_relax();
+        int rc = attempt(q, e, arg);
+        if (rc != none)
+            return rc;
+    }
+    uint64_t now = ar_now_ns();
+    if (deadline != AR_NO_DEADLINE && now >= deadline)
+        return none;
+    uint64_t slice = AR_WAIT_SLICE_NS;
+    if (deadline != AR_NO_DEADLINE && deadline - now < slice)
+        slice = deadline - now;
+    uint32_t sv = LOAD(seq, ACQ);
+    /* Announce, then re-check (Dekker with wake_side): seq_cst RMW then seq_cst load. */
+    FADD(waiting, 1, SEQ);
+    ar_client *c = e < q->max_clients ? &q->clients[e] : NULL;
+    if (c) /* counted first, flagged second: a death in between over-counts (harmless), never under-counts */
+        FADD(&c->waiting, wbit, RLX);
+    int rc = attempt(q, e, arg);
+    if (rc == none)
+        futex_wait(seq, sv, slice);
+    if (c)
+        FSUB(&c->waiting, wbit, RLX);
+    FSUB(waiting, 1, SEQ);
+    if (rc != none)
+        return rc;
+    rc = attempt(q, e, arg);
+    if (rc != none)
+        return rc;
+    if (deadline != AR_NO_DEADLINE && ar_now_ns() >= deadline)
+        return none;
+    return AR_AGAIN;
+}
+
+typedef struct {
+    const void *data;
+    uint32_t len;
+    uint64_t *id;
+} put_args;
+static int put_attempt(ar_queue *q, uint32_t e, void *a) {
+    put_args *pa = a;
+    return try_put(q, e, pa->data, pa->len, pa->id);
+}
+static int get_attempt(ar_queue *q, uint32_t e, void *a) { return try_get(q, e, (ar_delivery *)a); }
+
+int ar_put(ar_queue *q, uint32_t e, const void *data, size_t len, uint64_t deadline, uint64_t *id) {
+    if (len > q->message_size)
+        return AR_TOOBIG;
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    int rc = try_put(q, e, data, (uint32_t)len, id);
+    if (rc != AR_FULL || deadline == 0)
+        return rc;
+    put_args pa = {data, (uint32_t)len, id};
+    return wait_loop(q, e, deadline, &q->hdr->producers_waiting, &q->hdr->not_full_seq, WAIT_PRODUCER,
+                     put_attempt, &pa, AR_FULL);
+}
+
+int ar_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t deadline) {
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    int rc = try_get(q, e, d);
+    if (rc != AR_EMPTY || deadline == 0)
+        return rc;
+    return wait_loop(q, e, deadline, &q->hdr->consumers_waiting, &q->hdr->not_empty_seq, WAIT_CONSUMER,
+                     get_attempt, d, AR_EMPTY);
+}
+
+/* I3: a delivery is settled only by a CAS from exactly the word it installed:
+ * same lap, owner and generation.  Anything else is a stale delivery. */
+static int settle(ar_queue *q, uint32_t e, const ar_delivery *d, uint64_t new_word) {
+    ar_slot *s = slot_at(q, d->pos);
+    uint64_t exp = d->word;
+    if (AR_W_OWNER(exp) != e || AR_W_STATE(exp) != AR_S_DELIVERED)
+        return AR_STALE;
+    /* seq_cst: release for our reads of the payload (the next writer's acquire
+     * pairs with it), and the Dekker half towards sleeping producers. */
+    if (!CAS(&s->word, &exp, new_word, SEQ, RLX))
+        return AR_STALE;
+    return AR_OK;
+}
+
+int ar_ack(ar_queue *q, uint32_t e, const ar_delivery *d) {
+    int rc = settle(q, e, d, AR_WORD(AR_S_FREE, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
+    if (rc != AR_OK)
+        return rc;
+    count(q, e, CNT_ACKED, 1);
+    FADD(&q->hdr->settle_seq, 1, RLX);
+    wake_producers(q);
+    return AR_OK;
+}
+
+int ar_nack(ar_queue *q, uint32_t e, const ar_delivery *d, int requeue) {
+    if (!requeue) {
+        int rc = settle(q, e, d, AR_WORD(AR_S_FREE, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
+        if (rc != AR_OK)
+            return rc;
+        count(q, e, CNT_NACKED, 1);
+        count(q, e, CNT_DISCARDED, 1);
+        FADD(&q->hdr->settle_seq, 1, RLX);
+        wake_producers(q);
+        return AR_OK;
+    }
+    /* I5: raise the hint before the slot turns READY behind head.  The slot is
+     * behind head already: ar_get advanced head past it before returning. */
+    FADD(&q->hdr->requeued, 1, SEQ);
+    int rc = settle(q, e, d, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
+    if (rc != AR_OK) {
+        FSUB(&q->hdr->requeued, 1, RLX);
+        return rc;
+    }
+    count(q, e, CNT_NACKED, 1);
+    wake_consumers(q);
+    return AR_OK;
+}
+
+int ar_stats_read(const ar_queue *q, ar_stats *st) {
+    memset(st, 0, sizeof *st);
+    for (uint32_t i = 0; i < q->capacity; i++) {
+        uint64_t w = LOAD(&slot_at(q, i)->word, RLX); /* a snapshot, not atomic as a whole */
+        uint32_t s = AR_W_STATE(w);
+        if (s == AR_S_READY)
+            st->depth++;
+        else if (s == AR_S_DELIVERED)
+            st->in_flight++;
+    }
+    uint64_t c[CNT_N];
+    for (int k = 0; k < CNT_N; k++)
+        c[k] = LOAD(&q->hdr->retired[k], RLX);
+    for (uint32_t i = 0; i < q->max_clients; i++) {
+        const ar_client *cl = &q->clients[i];
+        uint64_t w = LOAD(&cl->word, ACQ);
+        if (CW_STATE(w) == AR_C_FREE)
+            continue;
+        for (int k = 0; k < CNT_N; k++)
+            c[k] += LOAD(&cl->count[k], RLX);
+        if (CW_STATE(w) == AR_C_ACTIVE) {
+            if (CW_ROLE(w) == AR_ROLE_PRODUCER)
+                st->producers++;
+            else if (CW_ROLE(w) == AR_ROLE_CONSUMER)
+                st->consumers++;
+        }
+    }
+    st->published = c[CNT_PUBLISHED];
+    st->acked = c[CNT_ACKED];
+    st->nacked = c[CNT_NACKED];
+    st->redelivered = c[CNT_REDELIVERED];
+    st->discarded = c[CNT_DISCARDED];
+    st->capacity = q->capacity;
+    st->message_size = q->message_size;
+    st->max_clients = q->max_clients;
+    st->head = LOAD(&q->hdr->head, RLX);
+    st->tail = LOAD(&q->hdr->tail, RLX);
+    st->requeued_hint = LOAD(&q->hdr->requeued, RLX);
+    return AR_OK;
+}

@@ -1,0 +1,143 @@
+/*
+ * ackring.h - the C core of ackring: a crash-safe ring of message slots in a
+ * shared-memory segment, changed only by compare-and-swap on 64-bit slot words.
+ *
+ * One source, wrapped by the Cython backend (CPython) and meant to be wrapped
+ * unchanged by a cffi backend (PyPy): no Python types appear here, every
+ * function returns an AR_* status code, nothing is passed as a raw integer
+ * pointer across the boundary.
+ *
+ * docs/design.md is the long form of the comments in this file and ackring.c:
+ * the segment layout, the slot state machine, the invariants (I1..I6) and the
+ * memory-ordering argument.  Each invariant is named again at the code that
+ * keeps it.
+ */
+#ifndef ACKRING_H
+#define ACKRING_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status codes (mapped to Python exceptions in src/ackring/_errors.py) */
+enum {
+    AR_OK = 0,
+    AR_EMPTY = 1,        /* nothing deliverable (non-blocking get / deadline passed) */
+    AR_FULL = 2,         /* no free slot (non-blocking put / deadline passed)        */
+    AR_AGAIN = 3,        /* a wait slice elapsed or a signal arrived: check signals, retry */
+    AR_TOOBIG = 4,       /* message longer than message_size; nothing written        */
+    AR_STALE = 5,        /* settle of a delivery that is no longer current           */
+    AR_CORRUPT = 6,      /* a word read from shared memory fails its bounds check    */
+    AR_INCOMPATIBLE = 7, /* not an ackring segment, wrong version, truncated        */
+    AR_TABLE_FULL = 8,   /* no free process-table entry                             */
+    AR_EXISTS = 9,       /* create: the name exists                                 */
+    AR_NOTFOUND = 10,    /* open/unlink: no such queue                              */
+    AR_INVAL = 11,       /* bad argument                                            */
+    AR_ERRNO = 12        /* a system call failed; errno holds the reason            */
+};
+
+/* ---- slot word: one 64-bit word per slot, the single source of truth (I1)
+ *
+ *   bits  0..3   state        AR_S_*
+ *   bits  4..15  owner        process-table index; AR_NO_OWNER when none
+ *   bits 16..31  gen          delivery generation = deliveries so far (wraps, skips 0)
+ *   bits 32..63  lap          position / capacity, of the message the slot holds
+ *                             (or last held, when FREE)
+ */
+enum {
+    AR_S_FREE = 0,      /* settled (or never used); writable by position (lap+1)*cap+i */
+    AR_S_WRITING = 1,   /* claimed by producer `owner`, payload being copied          */
+    AR_S_READY = 2,     /* published: deliverable                                     */
+    AR_S_DELIVERED = 3  /* held by consumer `owner` under generation `gen`            */
+};
+#define AR_NO_OWNER 0xFFFu
+#define AR_MAX_CLIENTS 4095u
+
+#define AR_W_STATE(w) ((uint32_t)((w) & 0xFu))
+#define AR_W_OWNER(w) ((uint32_t)(((w) >> 4) & 0xFFFu))
+#define AR_W_GEN(w) ((uint32_t)(((w) >> 16) & 0xFFFFu))
+#define AR_W_LAP(w) ((uint32_t)((w) >> 32))
+#define AR_WORD(state, owner, gen, lap)                                         \
+    (((uint64_t)(uint32_t)(lap) << 32) | ((uint64_t)((gen) & 0xFFFFu) << 16) |   \
+     ((uint64_t)((owner) & 0xFFFu) << 4) | (uint64_t)((state) & 0xFu))
+
+#define AR_MAGIC 0x474E49524B434121ull /* "!ACKRING" little-endian */
+#define AR_VERSION 1u
+#define AR_MAX_MESSAGE_SIZE (1u << 30)   /* 1 GiB: beyond it a message is "absurd" */
+#define AR_MAX_CAPACITY (1u << 24)
+#define AR_NAME_MAX 200
+
+/* ---- roles of a process-table entry */
+enum { AR_ROLE_PRODUCER = 1, AR_ROLE_CONSUMER = 2, AR_ROLE_OBSERVER = 3 };
+
+/* ---- what a consumer holds after a get: enough to settle it later */
+typedef struct ar_delivery {
+    uint64_t pos;        /* ring position = message id                          */
+    uint64_t word;       /* the DELIVERED word this delivery installed          */
+    const unsigned char *data; /* payload inside the mapping                   */
+    uint32_t len;        /* payload length, bounds-checked against message_size */
+    uint32_t delivery_count;
+    uint64_t publish_ns; /* CLOCK_REALTIME at publish                           */
+} ar_delivery;
+
+typedef struct ar_stats {
+    uint64_t depth, in_flight, published, acked, nacked, redelivered, discarded;
+    uint32_t producers, consumers, capacity, message_size, max_clients;
+    uint64_t head, tail, requeued_hint;
+} ar_stats;
+
+/* Per-client liveness record as stored in the table (read by the Python layer,
+ * which asks psutil whether pid with that start time still runs). */
+typedef struct ar_client_info {
+    uint32_t index, role, pid, state;
+    uint64_t start_time; /* opaque identity of the process start (psutil create_time bits) */
+} ar_client_info;
+
+typedef struct ar_queue ar_queue; /* process-local handle; never shared */
+
+/* Segment life */
+int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t message_size,
+              uint32_t max_clients, int mode, ar_queue **out);
+int ar_open(const char *dir, const char *name, ar_queue **out);
+int ar_unlink(const char *dir, const char *name);
+void ar_close(ar_queue *q); /* munmap + free; caller guarantees no borrowed pointers remain */
+int ar_check_name(const char *name);
+
+/* Geometry, validated at open and kept process-local (never re-read from shm) */
+uint32_t ar_capacity(const ar_queue *q);
+uint32_t ar_message_size(const ar_queue *q);
+uint32_t ar_max_clients(const ar_queue *q);
+uint64_t ar_queue_id(const ar_queue *q);
+uint64_t ar_created_ns(const ar_queue *q);
+
+/* Process table */
+int ar_register(ar_queue *q, uint32_t role, uint32_t pid, uint64_t start_time, uint32_t *entry);
+int ar_unregister(ar_queue *q, uint32_t entry); /* requeues what the entry still holds, frees it */
+int ar_get_client(const ar_queue *q, uint32_t index, ar_client_info *out);
+/* Repair everything a dead client left behind and free its entry.  `pid` and
+ * `start_time` must match the entry, so a stale verdict cannot hit a newcomer.
+ * *repaired gets the number of slots put right.  Serialised by the segment's
+ * reclaim lock: returns AR_AGAIN when another live reclaimer holds it. */
+int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t pid,
+                     uint64_t start_time, uint32_t *repaired);
+
+/* Messages.  deadline_ns: 0 = do not wait, UINT64_MAX = no deadline, else an
+ * absolute CLOCK_MONOTONIC time.  A blocking call waits at most one slice
+ * (AR_WAIT_SLICE_NS) and returns AR_AGAIN so the caller can check signals. */
+#define AR_WAIT_SLICE_NS 50000000ull
+#define AR_NO_DEADLINE UINT64_MAX
+int ar_put(ar_queue *q, uint32_t entry, const void *data, size_t len, uint64_t deadline_ns,
+           uint64_t *id);
+int ar_get(ar_queue *q, uint32_t entry, ar_delivery *d, uint64_t deadline_ns);
+int ar_ack(ar_queue *q, uint32_t entry, const ar_delivery *d);
+int ar_nack(ar_queue *q, uint32_t entry, const ar_delivery *d, int requeue);
+int ar_stats_read(const ar_queue *q, ar_stats *st);
+uint64_t ar_now_ns(void); /* CLOCK_MONOTONIC */
+
+#ifdef __cplusplus
+}
+#endif
+#endif
