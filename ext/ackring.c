@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +177,39 @@ static void count(ar_queue *q, uint32_t entry, int which, uint64_t n) {
     if (entry < q->max_clients)
         /* who: the entry's owner only; relaxed: a statistic, ordered with nothing. */
         FADD(&q->clients[entry].count[which], n, RLX);
+}
+
+/* ---- test hook (see ar_set_test_hook).  ar_hook is process-local. */
+enum {
+    H_OFF = 0, H_PUT_CLAIMED, H_PUT_WRITING, H_GET_CLAIMED, H_ACK_BEFORE, H_ACK_AFTER,
+    H_NACK_HINT, H_REGISTER_CLAIMED, H_RECLAIM_LOCKED, H_COUNT
+};
+static const char *const hook_names[H_COUNT] = {
+    "", "put_claimed", "put_writing", "get_claimed", "ack_before", "ack_after",
+    "nack_hint", "register_claimed", "reclaim_locked"};
+static int ar_hook = H_OFF;
+#define HOOK(point)                                                             \
+    do {                                                                        \
+        if (__builtin_expect(ar_hook == (point), 0))                            \
+            raise(SIGSTOP);                                                     \
+    } while (0)
+
+int ar_set_test_hook(const char *point) {
+    if (!point || !*point) {
+        ar_hook = H_OFF;
+        return AR_OK;
+    }
+    for (int i = 1; i < H_COUNT; i++)
+        if (strcmp(point, hook_names[i]) == 0) {
+            ar_hook = i;
+            return AR_OK;
+        }
+    return AR_INVAL;
+}
+__attribute__((constructor)) static void hook_from_env(void) {
+    const char *p = getenv("ACKRING_TEST_STOP_AT");
+    if (p)
+        ar_set_test_hook(p);
 }
 
 /* Futex on a word in the shared mapping: not FUTEX_PRIVATE, the waiters are
@@ -430,6 +464,7 @@ int ar_register(ar_queue *q, uint32_t role, uint32_t pid, uint64_t start_time, u
          * store of FREE happens-before our writes. */
         if (!CAS(&c->word, &w, CWORD(AR_C_CLAIMING, role, pid), ACQ, RLX))
             continue;
+        HOOK(H_REGISTER_CLAIMED);
         c->start_time = start_time;
         for (int k = 0; k < CNT_N; k++)
             STORE(&c->count[k], 0, RLX);
@@ -567,6 +602,7 @@ int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t p
         if (!CAS(&h->reclaim_lock, &held, me, ACQ, RLX))
             return AR_AGAIN;
     }
+    HOOK(H_RECLAIM_LOCKED);
     int rc = AR_OK;
     ar_client *c = &q->clients[index];
     uint64_t w = LOAD(&c->word, ACQ);
@@ -592,7 +628,9 @@ int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t p
 
 /* ---------------------------------------------------------------- messages */
 
-static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint64_t *id) {
+/* Claim the slot at tail for `e` (FREE of the previous lap -> WRITING) and
+ * advance tail.  On AR_OK, *pos and *slot name the claimed position. */
+static int claim_slot(ar_queue *q, uint32_t e, uint64_t *pos, ar_slot **slot) {
     ar_header *h = q->hdr;
     for (;;) {
         uint64_t t = LOAD(&h->tail, ACQ);
@@ -604,26 +642,13 @@ static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint
         int32_t d = (int32_t)(AR_W_LAP(w) - lap);
         if (d == -1) {
             if (AR_W_STATE(w) == AR_S_FREE) {
-                uint64_t mine = AR_WORD(AR_S_WRITING, e, 0, lap);
                 /* I2: claim the slot first, naming ourselves as owner; acquire as above. */
-                if (!CAS(&s->word, &w, mine, ACQ, RLX))
+                if (!CAS(&s->word, &w, AR_WORD(AR_S_WRITING, e, 0, lap), ACQ, RLX))
                     continue;
+                HOOK(H_PUT_CLAIMED);
                 help_advance(&h->tail, t); /* then the position; anyone may finish this */
-                s->id = t;
-                s->len = len;
-                s->flags = 0;
-                s->publish_ns = realtime_ns();
-                if (len)
-                    memcpy(payload(s), data, len);
-                /* I3: publish.  seq_cst CAS: release for the payload above, and the
-                 * Dekker half of the no-lost-wakeup argument (wake_side).  It can
-                 * only fail if a reclaimer judged us dead and discarded the slot. */
-                uint64_t exp = mine;
-                if (!CAS(&s->word, &exp, AR_WORD(AR_S_READY, AR_NO_OWNER, 0, lap), SEQ, RLX))
-                    return AR_STALE;
-                count(q, e, CNT_PUBLISHED, 1);
-                wake_consumers(q);
-                *id = t;
+                *pos = t;
+                *slot = s;
                 return AR_OK;
             }
             /* The slot still holds lap-1's unsettled message: full, unless tail moved. */
@@ -639,6 +664,39 @@ static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint
             continue;
         return AR_CORRUPT; /* a slot two laps behind tail cannot happen in a sound segment */
     }
+}
+
+/* WRITING -> READY for a slot `e` claimed at `pos`, whose payload is in place. */
+static int publish(ar_queue *q, uint32_t e, uint64_t pos, ar_slot *s, uint32_t len) {
+    uint32_t lap = lap_of(q, pos);
+    s->id = pos;
+    s->len = len;
+    s->flags = 0;
+    s->publish_ns = realtime_ns();
+    HOOK(H_PUT_WRITING);
+    /* I3: publish.  seq_cst CAS: release for the payload and fields above, and
+     * the Dekker half of the no-lost-wakeup argument (wake_side).  It fails
+     * only if a reclaimer judged us dead and discarded the slot. */
+    uint64_t exp = AR_WORD(AR_S_WRITING, e, 0, lap);
+    if (!CAS(&s->word, &exp, AR_WORD(AR_S_READY, AR_NO_OWNER, 0, lap), SEQ, RLX))
+        return AR_STALE;
+    count(q, e, CNT_PUBLISHED, 1);
+    wake_consumers(q);
+    return AR_OK;
+}
+
+static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint64_t *id) {
+    uint64_t pos;
+    ar_slot *s;
+    int rc = claim_slot(q, e, &pos, &s);
+    if (rc != AR_OK)
+        return rc;
+    if (len)
+        memcpy(payload(s), data, len);
+    rc = publish(q, e, pos, s, len);
+    if (rc == AR_OK)
+        *id = pos;
+    return rc;
 }
 
 static int fill_delivery(ar_queue *q, ar_slot *s, uint64_t pos, uint64_t word, ar_delivery *d) {
@@ -703,6 +761,7 @@ static int try_get(ar_queue *q, uint32_t e, ar_delivery *d) {
                  * producer's publish CAS so the payload is visible. */
                 if (!CAS(&s->word, &w, mine, ACQ, RLX))
                     continue;
+                HOOK(H_GET_CLAIMED);
                 help_advance(&h->head, hd); /* then the position; anyone may finish this */
                 int rc = fill_delivery(q, s, hd, mine, d);
                 if (rc == AR_OK && AR_W_GEN(mine) > 1)
@@ -816,9 +875,11 @@ static int settle(ar_queue *q, uint32_t e, const ar_delivery *d, uint64_t new_wo
 }
 
 int ar_ack(ar_queue *q, uint32_t e, const ar_delivery *d) {
+    HOOK(H_ACK_BEFORE);
     int rc = settle(q, e, d, AR_WORD(AR_S_FREE, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
     if (rc != AR_OK)
         return rc;
+    HOOK(H_ACK_AFTER);
     count(q, e, CNT_ACKED, 1);
     FADD(&q->hdr->settle_seq, 1, RLX);
     wake_producers(q);
@@ -839,6 +900,7 @@ int ar_nack(ar_queue *q, uint32_t e, const ar_delivery *d, int requeue) {
     /* I5: raise the hint before the slot turns READY behind head.  The slot is
      * behind head already: ar_get advanced head past it before returning. */
     FADD(&q->hdr->requeued, 1, SEQ);
+    HOOK(H_NACK_HINT);
     int rc = settle(q, e, d, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
     if (rc != AR_OK) {
         FSUB(&q->hdr->requeued, 1, RLX);
@@ -846,6 +908,160 @@ int ar_nack(ar_queue *q, uint32_t e, const ar_delivery *d, int requeue) {
     }
     count(q, e, CNT_NACKED, 1);
     wake_consumers(q);
+    return AR_OK;
+}
+
+/* ---------------------------------------------------------------- batches */
+
+int ar_put_many(ar_queue *q, uint32_t e, const ar_iovec *msgs, size_t n, uint64_t deadline, uint64_t *ids,
+                size_t *done) {
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    /* Check the whole batch first: a too-long message anywhere means nothing is written. */
+    for (size_t i = *done; i < n; i++)
+        if (msgs[i].len > q->message_size)
+            return AR_TOOBIG;
+    while (*done < n) {
+        size_t i = *done;
+        int rc = ar_put(q, e, msgs[i].data, msgs[i].len, deadline, &ids[i]);
+        if (rc != AR_OK)
+            return rc;
+        *done = i + 1;
+    }
+    return AR_OK;
+}
+
+int ar_get_many(ar_queue *q, uint32_t e, ar_delivery *ds, size_t n, uint64_t deadline, size_t *got) {
+    *got = 0;
+    if (n == 0)
+        return AR_OK;
+    int rc = ar_get(q, e, &ds[0], deadline);
+    if (rc != AR_OK)
+        return rc;
+    size_t k = 1;
+    while (k < n && (rc = try_get(q, e, &ds[k])) == AR_OK)
+        k++;
+    *got = k;
+    return (rc == AR_OK || rc == AR_EMPTY) ? AR_OK : rc;
+}
+
+int ar_ack_many(ar_queue *q, uint32_t e, const ar_delivery *ds, size_t n, int *rcs) {
+    uint64_t acked = 0;
+    for (size_t i = 0; i < n; i++) {
+        HOOK(H_ACK_BEFORE);
+        rcs[i] = settle(q, e, &ds[i],
+                        AR_WORD(AR_S_FREE, AR_NO_OWNER, AR_W_GEN(ds[i].word), AR_W_LAP(ds[i].word)));
+        acked += rcs[i] == AR_OK;
+    }
+    if (acked) {
+        HOOK(H_ACK_AFTER);
+        count(q, e, CNT_ACKED, acked);
+        FADD(&q->hdr->settle_seq, acked, RLX);
+        wake_producers(q);
+    }
+    return AR_OK;
+}
+
+/* ---------------------------------------------------------------- reserve / commit */
+
+typedef struct {
+    uint64_t *pos;
+    ar_slot **slot;
+} claim_args;
+static int claim_attempt(ar_queue *q, uint32_t e, void *a) {
+    claim_args *ca = a;
+    return claim_slot(q, e, ca->pos, ca->slot);
+}
+
+int ar_reserve(ar_queue *q, uint32_t e, uint64_t deadline, uint64_t *pos, unsigned char **buf) {
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    ar_slot *s = NULL;
+    int rc = claim_slot(q, e, pos, &s);
+    if (rc == AR_FULL && deadline != 0) {
+        claim_args ca = {pos, &s};
+        rc = wait_loop(q, e, deadline, &q->hdr->producers_waiting, &q->hdr->not_full_seq, WAIT_PRODUCER,
+                       claim_attempt, &ca, AR_FULL);
+    }
+    if (rc != AR_OK)
+        return rc;
+    *buf = payload(s);
+    return AR_OK;
+}
+
+/* The reservation must still be ours: WRITING, this lap, this owner. */
+static ar_slot *reserved_slot(ar_queue *q, uint32_t e, uint64_t pos) {
+    ar_slot *s = slot_at(q, pos);
+    uint64_t w = LOAD(&s->word, ACQ);
+    if (w != AR_WORD(AR_S_WRITING, e, 0, lap_of(q, pos)))
+        return NULL;
+    return s;
+}
+
+int ar_commit(ar_queue *q, uint32_t e, uint64_t pos, size_t len) {
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    if (len > q->message_size)
+        return AR_TOOBIG;
+    ar_slot *s = reserved_slot(q, e, pos);
+    if (!s)
+        return AR_STALE;
+    return publish(q, e, pos, s, (uint32_t)len);
+}
+
+int ar_abort(ar_queue *q, uint32_t e, uint64_t pos) {
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    ar_slot *s = reserved_slot(q, e, pos);
+    if (!s)
+        return AR_STALE;
+    uint64_t exp = AR_WORD(AR_S_WRITING, e, 0, lap_of(q, pos));
+    /* Discard, exactly as reclaim discards a dead writer's slot: consumers
+     * step over a FREE slot of the current lap. seq_cst: Dekker with sleepers. */
+    if (!CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_NO_OWNER, 0, lap_of(q, pos)), SEQ, RLX))
+        return AR_STALE;
+    count(q, e, CNT_DISCARDED, 1);
+    wake_consumers(q);
+    wake_producers(q);
+    return AR_OK;
+}
+
+/* ---------------------------------------------------------------- inspection */
+
+int ar_inspect_header(const ar_queue *q, ar_header_raw *o) {
+    const ar_header *h = q->hdr;
+    o->magic = LOAD(&h->magic, RLX);
+    o->version = h->version;
+    o->header_size = h->header_size;
+    o->capacity = h->capacity;
+    o->message_size = h->message_size;
+    o->slot_size = h->slot_size;
+    o->max_clients = h->max_clients;
+    o->queue_id = h->queue_id;
+    o->total_size = h->total_size;
+    o->head = LOAD(&h->head, ACQ);
+    o->tail = LOAD(&h->tail, ACQ);
+    o->requeued = LOAD(&h->requeued, ACQ);
+    o->reclaim_lock = LOAD(&h->reclaim_lock, ACQ);
+    o->consumers_waiting = LOAD(&h->consumers_waiting, ACQ);
+    o->producers_waiting = LOAD(&h->producers_waiting, ACQ);
+    return AR_OK;
+}
+
+int ar_inspect_slot(const ar_queue *q, uint32_t index, ar_slot_raw *o) {
+    if (index >= q->capacity)
+        return AR_INVAL;
+    ar_slot *s = slot_at(q, index);
+    o->word = LOAD(&s->word, ACQ);
+    o->id = s->id;
+    o->len = s->len;
+    return AR_OK;
+}
+
+int ar_inspect_client_waiting(const ar_queue *q, uint32_t index, uint32_t *waiting) {
+    if (index >= q->max_clients)
+        return AR_INVAL;
+    *waiting = LOAD(&q->clients[index].waiting, RLX);
     return AR_OK;
 }
 

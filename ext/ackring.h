@@ -134,7 +134,54 @@ int ar_put(ar_queue *q, uint32_t entry, const void *data, size_t len, uint64_t d
 int ar_get(ar_queue *q, uint32_t entry, ar_delivery *d, uint64_t deadline_ns);
 int ar_ack(ar_queue *q, uint32_t entry, const ar_delivery *d);
 int ar_nack(ar_queue *q, uint32_t entry, const ar_delivery *d, int requeue);
+/* Batches: one call per batch.  put_many stores msgs[*done..n) in order and
+ * advances *done; it returns AR_OK when all are stored, else what stopped it
+ * (AR_FULL at the deadline, AR_AGAIN after a slice: call again to go on).
+ * get_many waits (like ar_get) for the first message only, then takes what is
+ * ready, up to n; *got says how many.  ack_many settles each delivery and
+ * writes its status into rcs[i]; one wakeup for the whole batch. */
+typedef struct ar_iovec {
+    const void *data;
+    size_t len;
+} ar_iovec;
+int ar_put_many(ar_queue *q, uint32_t entry, const ar_iovec *msgs, size_t n, uint64_t deadline_ns,
+                uint64_t *ids, size_t *done);
+int ar_get_many(ar_queue *q, uint32_t entry, ar_delivery *ds, size_t n, uint64_t deadline_ns,
+                size_t *got);
+int ar_ack_many(ar_queue *q, uint32_t entry, const ar_delivery *ds, size_t n, int *rcs);
+
+/* Zero-copy send ("loan"): reserve claims the slot at tail in WRITING state
+ * and hands out its payload area (message_size bytes); commit publishes `len`
+ * bytes of it, abort discards the slot.  Consumers queue behind an open
+ * reservation, so keep it short.  A producer that dies holding one is
+ * repaired like any half-written put. */
+int ar_reserve(ar_queue *q, uint32_t entry, uint64_t deadline_ns, uint64_t *pos, unsigned char **buf);
+int ar_commit(ar_queue *q, uint32_t entry, uint64_t pos, size_t len);
+int ar_abort(ar_queue *q, uint32_t entry, uint64_t pos);
+
 int ar_stats_read(const ar_queue *q, ar_stats *st);
+
+/* Raw inspection for q.check(): plain snapshots, bounds-checked indexes. */
+typedef struct ar_header_raw {
+    uint64_t magic, queue_id, total_size, head, tail, requeued, reclaim_lock;
+    uint32_t version, header_size, capacity, message_size, slot_size, max_clients;
+    uint32_t consumers_waiting, producers_waiting;
+} ar_header_raw;
+typedef struct ar_slot_raw {
+    uint64_t word, id;
+    uint32_t len;
+} ar_slot_raw;
+int ar_inspect_header(const ar_queue *q, ar_header_raw *out);
+int ar_inspect_slot(const ar_queue *q, uint32_t index, ar_slot_raw *out);
+int ar_inspect_client_waiting(const ar_queue *q, uint32_t index, uint32_t *waiting);
+
+/* Test hook: make this process SIGSTOP itself at a named point inside a
+ * critical window, so a test can SIGKILL it exactly there.  Costs one
+ * predictable branch per site when off.  Also read from the environment
+ * variable ACKRING_TEST_STOP_AT when the library is loaded.  Points:
+ * put_claimed, put_writing, get_claimed, ack_before, ack_after, nack_hint,
+ * register_claimed, reclaim_locked. */
+int ar_set_test_hook(const char *point);
 uint64_t ar_now_ns(void); /* CLOCK_MONOTONIC */
 
 #ifdef __cplusplus

@@ -25,18 +25,22 @@ from ._errors import (  # noqa: F401
     StaleDelivery,
     TooManyClients,
 )
-from .backend import Consumer, Message, Producer, Segment
+from ._check import check_segment as _check_segment
+from ._watchdog import Watchdog as _Watchdog
+from .backend import Consumer, Message, Producer, Reservation, Segment
 from .backend import name as backend
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "create", "open", "unlink", "Queue", "Producer", "Consumer", "Message",
+    "create", "open", "unlink", "Queue", "Producer", "Consumer", "Message", "Reservation",
     "Error", "Empty", "Full", "QueueNotFound", "MessageTooLarge", "IncompatibleQueue",
     "CorruptedQueue", "StaleDelivery", "AlreadySettled", "QueueClosed", "TooManyClients",
 ]
 
 DEFAULT_DIR = "/dev/shm"
+#: Seconds between the watchdog's reclaim passes (see Queue.watchdog).
+DEFAULT_WATCHDOG_INTERVAL = 0.1
 _MAX_MESSAGE_SIZE = 1 << 30
 _MAX_CAPACITY = 1 << 24
 
@@ -64,11 +68,20 @@ def _int_arg(value, what):
 class Queue:
     """A handle on one queue segment, mapped into this process.
 
-    Picklable by name: a child process that unpickles it opens the queue."""
+    Picklable by name: a child process that unpickles it opens the queue.
 
-    def __init__(self, segment):
+    ``watchdog`` is the interval in seconds of this process's watchdog thread,
+    started with the first producer or consumer: it reclaims what dead
+    processes hold, so their messages are redelivered within about that
+    interval.  ``None`` turns it off (blocked calls still reclaim)."""
+
+    def __init__(self, segment, watchdog=DEFAULT_WATCHDOG_INTERVAL):
+        if watchdog is not None and not watchdog > 0:
+            raise ValueError("watchdog must be None or an interval > 0 seconds, not %r" % (watchdog,))
         self._seg = segment
         self._clients = _weakref.WeakSet()
+        self._watchdog_interval = watchdog
+        self._watchdog = None
         _open_queues.add(self)
 
     # ---- identity
@@ -87,19 +100,31 @@ class Queue:
         return "<ackring.Queue %r %s>" % (self.name, state)
 
     def __reduce__(self):
-        return (_reopen, (self._seg.name, self._seg.directory))
+        return (_reopen, (self._seg.name, self._seg.directory, self._watchdog_interval))
+
+    @property
+    def watchdog(self):
+        """This process's watchdog thread for the queue, or None."""
+        return self._watchdog
+
+    def _start_watchdog(self):
+        if self._watchdog_interval is not None and (self._watchdog is None or not self._watchdog.is_alive()):
+            self._watchdog = _Watchdog(self._seg, self._watchdog_interval)
+            self._watchdog.start()
 
     # ---- clients
     def producer(self):
         """A new Producer (one process-table entry until it is closed)."""
         p = Producer(self._seg)
         self._clients.add(p)
+        self._start_watchdog()
         return p
 
     def consumer(self):
         """A new Consumer; closing it requeues whatever it still holds unsettled."""
         c = Consumer(self._seg)
         self._clients.add(c)
+        self._start_watchdog()
         return c
 
     # ---- inspection and repair
@@ -114,11 +139,30 @@ class Queue:
         their half-written slots discarded); returns the number of slots."""
         return self._seg.reclaim()
 
+    def check(self):
+        """Verify the whole segment (header, every slot word, counters, process
+        table); returns a list of problems in plain words, empty when sound.
+        Exact on a quiet queue; under traffic a finding can be transient."""
+        return _check_segment(self._seg)
+
+    def run_watchdog(self, interval=DEFAULT_WATCHDOG_INTERVAL, stop=None, on_repair=None):
+        """Run reclaim passes every ``interval`` seconds in this thread until
+        ``stop`` (a threading.Event) is set or the queue is closed.  This is
+        what ``ackring watchdog NAME`` runs."""
+        import threading
+        stop = stop or threading.Event()
+        while not self._seg.closed and not stop.wait(interval):
+            n = self._seg.reclaim()
+            if n and on_repair is not None:
+                on_repair(n)
+
     def close(self):
         """Close every producer and consumer of this handle, then the handle.
         Idempotent.  The mapping is released when the last message view goes."""
         if self._seg.closed:
             return
+        if self._watchdog is not None:
+            self._watchdog.stop()
         for c in list(self._clients):
             c.close()
         self._seg.close()
@@ -135,6 +179,18 @@ class Queue:
 _open_queues = _weakref.WeakSet()
 
 
+def _restart_watchdogs_in_child():
+    # Threads do not survive fork(): a child that inherited open queues gets
+    # watchdogs of its own for those that had one.
+    for q in list(_open_queues):
+        if q._watchdog is not None and not q._seg.closed:
+            q._watchdog = None
+            q._start_watchdog()
+
+
+_os.register_at_fork(after_in_child=_restart_watchdogs_in_child)
+
+
 @_atexit.register
 def _close_all():
     # Release process-table entries (and requeue unsettled deliveries) at exit.
@@ -145,11 +201,20 @@ def _close_all():
             pass
 
 
-def _reopen(name, directory):
-    return Queue(Segment.open(directory, name))
+def _reopen(name, directory, watchdog=DEFAULT_WATCHDOG_INTERVAL):
+    return _opened(Segment.open(directory, name), watchdog)
 
 
-def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600, max_clients=256):
+def _opened(segment, watchdog):
+    q = Queue(segment, watchdog)
+    # Opening a queue whose processes have all died recovers it.
+    if segment.clients():
+        segment.reclaim()
+    return q
+
+
+def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600, max_clients=256,
+           watchdog=DEFAULT_WATCHDOG_INTERVAL):
     """Create queue `name` with `capacity` slots (a power of two, >= 2) of up to
     `message_size` bytes each.  FileExistsError if it exists, unless
     exist_ok=True, which opens it (IncompatibleQueue if its geometry differs)."""
@@ -168,11 +233,11 @@ def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600
         raise ValueError("mode must be a permission mode like 0o600, not %o" % mode)
     directory = _directory()
     try:
-        return Queue(Segment.create(directory, name, capacity, message_size, max_clients, mode))
+        return Queue(Segment.create(directory, name, capacity, message_size, max_clients, mode), watchdog)
     except FileExistsError:
         if not exist_ok:
             raise FileExistsError("queue %r exists (pass exist_ok=True to open it)" % name) from None
-    q = open(name)
+    q = open(name, watchdog=watchdog)
     if q.capacity != capacity or q.message_size != message_size:
         q.close()
         raise IncompatibleQueue(
@@ -181,11 +246,12 @@ def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600
     return q
 
 
-def open(name):  # noqa: A001 - the natural name, as in os.open / shelve.open
+def open(name, *, watchdog=DEFAULT_WATCHDOG_INTERVAL):  # noqa: A001 - as os.open / shelve.open
     """Open an existing queue.  QueueNotFound if there is none; IncompatibleQueue
-    if the file is not an ackring segment of this layout version."""
+    if the file is not an ackring segment of this layout version.  Whatever
+    dead processes left in it is reclaimed on the way."""
     _check_name(name)
-    return Queue(Segment.open(_directory(), name))
+    return _opened(Segment.open(_directory(), name), watchdog)
 
 
 def unlink(name, missing_ok=False):

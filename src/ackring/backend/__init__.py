@@ -6,12 +6,12 @@ planned.  ``ACKRING_BACKEND=cython`` forces a choice.
 """
 import os
 
-public_api = ["Segment", "Producer", "Consumer", "Message"]
+public_api = ["Segment", "Producer", "Consumer", "Message", "Reservation", "set_test_hook"]
 
 _choice = os.environ.get("ACKRING_BACKEND", "cython")
 if _choice != "cython":
     raise ImportError("unknown ACKRING_BACKEND %r (available: cython)" % (_choice,))
 
-from .cython._core import Consumer, Message, Producer, Segment  # noqa: E402
+from .cython._core import Consumer, Message, Producer, Reservation, Segment, set_test_hook  # noqa: E402
 
 name = _choice

@@ -6,13 +6,15 @@ dropped only for blocking waits, which return every AR_WAIT_SLICE_NS so that
 signals (Ctrl-C) are checked and a reclaim pass can run.  Exceptions come from
 ackring._errors; nothing here defines its own.
 """
-from libc.stdint cimport uint32_t, uint64_t, UINT64_MAX
+cimport cython
+from libc.stdint cimport int64_t, uint32_t, uint64_t, UINT64_MAX
 from libc.string cimport memcpy
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo,
                              PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE)
 from cpython.bytes cimport (PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_CheckExact)
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_Check
 from libc.errno cimport errno
 
@@ -72,10 +74,36 @@ cdef extern from "ackring.h" nogil:
     int ar_nack(ar_queue *q, uint32_t entry, const ar_delivery *d, int requeue)
     int ar_stats_read(const ar_queue *q, ar_stats *st)
     uint64_t ar_now_ns()
+    ctypedef struct ar_iovec:
+        const void *data
+        size_t len
+    int ar_put_many(ar_queue *q, uint32_t entry, const ar_iovec *msgs, size_t n, uint64_t deadline_ns,
+                    uint64_t *ids, size_t *done)
+    int ar_get_many(ar_queue *q, uint32_t entry, ar_delivery *ds, size_t n, uint64_t deadline_ns,
+                    size_t *got)
+    int ar_ack_many(ar_queue *q, uint32_t entry, const ar_delivery *ds, size_t n, int *rcs)
+    int ar_reserve(ar_queue *q, uint32_t entry, uint64_t deadline_ns, uint64_t *pos, unsigned char **buf)
+    int ar_commit(ar_queue *q, uint32_t entry, uint64_t pos, size_t len)
+    int ar_abort(ar_queue *q, uint32_t entry, uint64_t pos)
+    ctypedef struct ar_header_raw:
+        uint64_t magic, queue_id, total_size, head, tail, requeued, reclaim_lock
+        uint32_t version, header_size, capacity, message_size, slot_size, max_clients
+        uint32_t consumers_waiting, producers_waiting
+    ctypedef struct ar_slot_raw:
+        uint64_t word, id
+        uint32_t len
+    int ar_inspect_header(const ar_queue *q, ar_header_raw *out)
+    int ar_inspect_slot(const ar_queue *q, uint32_t index, ar_slot_raw *out)
+    int ar_inspect_client_waiting(const ar_queue *q, uint32_t index, uint32_t *waiting)
+    int ar_set_test_hook(const char *point)
 
 # A blocked call runs a reclaim pass once it has waited this long, then again
 # at the same interval: a dead process cannot stall a live one for longer.
 cdef uint64_t RECLAIM_AFTER_NS = 100000000
+
+# Copies at least this long run with the GIL released: below it, dropping and
+# retaking the GIL costs more than other threads gain.
+cdef Py_ssize_t NOGIL_COPY_BYTES = 65536
 
 # ---------------------------------------------------------------- fork safety
 # After fork() the child must never act under its parent's process-table
@@ -118,6 +146,19 @@ cdef object _error(int rc, str what, int err=0):
     return E.Error("%s: unexpected status %d" % (what, rc))
 
 
+cdef bytes _copy_out(const unsigned char *data, uint32_t n):
+    """A bytes copy of a payload; large ones are copied without the GIL."""
+    cdef bytes b
+    cdef char *dst
+    if n < NOGIL_COPY_BYTES:
+        return PyBytes_FromStringAndSize(<const char *>data, n)
+    b = PyBytes_FromStringAndSize(NULL, n)
+    dst = PyBytes_AS_STRING(b)
+    with nogil:
+        memcpy(dst, data, n)
+    return b
+
+
 cdef uint64_t _deadline(object timeout) except? 1:
     """None -> no deadline; 0 -> do not wait; else an absolute CLOCK_MONOTONIC time."""
     cdef double t
@@ -147,6 +188,7 @@ cdef class Segment:
     cdef unsigned long observer_gen
     cdef bint has_observer
     cdef uint64_t last_reclaim_ns
+    cdef object __weakref__
 
     def __cinit__(self):
         self.q = NULL
@@ -252,6 +294,37 @@ cdef class Segment:
                 out.append((ci.index, ci.state, ci.role, ci.pid, ci.start_time))
         return out
 
+    def raw_header(self):
+        """A snapshot of the shared header, for check()."""
+        cdef ar_header_raw h
+        self.check()
+        ar_inspect_header(self.q, &h)
+        return {
+            "magic": h.magic, "version": h.version, "header_size": h.header_size,
+            "capacity": h.capacity, "message_size": h.message_size, "slot_size": h.slot_size,
+            "max_clients": h.max_clients, "queue_id": h.queue_id, "total_size": h.total_size,
+            "head": h.head, "tail": h.tail, "requeued": h.requeued, "reclaim_lock": h.reclaim_lock,
+            "consumers_waiting": h.consumers_waiting, "producers_waiting": h.producers_waiting,
+        }
+
+    def raw_slots(self):
+        """(word, id, len) of every slot, for check()."""
+        cdef ar_slot_raw r
+        cdef uint32_t i
+        self.check()
+        out = []
+        for i in range(ar_capacity(self.q)):
+            ar_inspect_slot(self.q, i, &r)
+            out.append((r.word, r.id, r.len))
+        return out
+
+    def client_waiting(self, uint32_t index):
+        cdef uint32_t w = 0
+        self.check()
+        if ar_inspect_client_waiting(self.q, index, &w) != AR_OK:
+            raise IndexError(index)
+        return w
+
     def reclaim(self):
         """Repair what dead processes left behind; returns the number of slots repaired."""
         cdef uint32_t repaired = 0, total = 0
@@ -343,7 +416,11 @@ cdef class Producer(_Client):
             if <size_t>n > ar_message_size(self.segment.q):
                 raise E.MessageTooLarge("message of %d bytes exceeds message_size %d of queue %r"
                                         % (n, ar_message_size(self.segment.q), self.segment.name))
-            rc = ar_put(self.segment.q, self.entry, ptr, n, 0, &mid)
+            if n >= NOGIL_COPY_BYTES:
+                with nogil:
+                    rc = ar_put(self.segment.q, self.entry, ptr, n, 0, &mid)
+            else:
+                rc = ar_put(self.segment.q, self.entry, ptr, n, 0, &mid)
             if rc == AR_FULL and deadline != 0:
                 since = ar_now_ns()
                 while True:
@@ -370,37 +447,178 @@ cdef class Producer(_Client):
         return self._put(data, _deadline(timeout))
 
     def put_many(self, messages, timeout=None):
-        """Store several messages in order; returns their ids.  Every item is
-        type- and size-checked before the first is written.  ``timeout``
-        bounds the whole call; on Full, the exception's ``ids`` lists what was
-        stored."""
-        cdef uint64_t deadline
+        """Store several messages in order, in one C call; returns their ids.
+        Every item is type- and size-checked before the first is written.
+        ``timeout`` bounds the whole call; on Full, the exception's ``ids``
+        lists the messages that were stored (confirmed) before it."""
+        cdef Py_ssize_t n, i, nviews = 0
+        cdef ar_iovec *vec = NULL
+        cdef uint64_t *ids = NULL
+        cdef Py_buffer *views = NULL
+        cdef size_t done = 0
+        cdef uint64_t deadline, since
         cdef uint32_t limit
+        cdef int rc
         self.check()
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
-        limit = ar_message_size(self.segment.q)
-        for m in items:
-            if PyBytes_CheckExact(m):
-                if <size_t>PyBytes_GET_SIZE(m) > limit:
-                    raise E.MessageTooLarge("a message of %d bytes exceeds message_size %d"
-                                            % (PyBytes_GET_SIZE(m), limit))
-            elif PyUnicode_Check(m):
-                raise TypeError("put_many() takes bytes-like items, not str")
-            else:
-                with memoryview(m) as mv:
-                    if not mv.c_contiguous:
-                        raise BufferError("put_many() items must be C-contiguous")
-                    if <size_t>mv.nbytes > limit:
-                        raise E.MessageTooLarge("a message of %d bytes exceeds message_size %d"
-                                                % (mv.nbytes, limit))
         deadline = _deadline(timeout)
-        ids = []
-        for m in items:
+        n = len(items)
+        if n == 0:
+            return []
+        limit = ar_message_size(self.segment.q)
+        vec = <ar_iovec *>PyMem_Malloc(n * sizeof(ar_iovec))
+        ids = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        views = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
+        try:
+            if vec == NULL or ids == NULL or views == NULL:
+                raise MemoryError()
+            for i in range(n):
+                m = items[i]
+                if PyBytes_CheckExact(m):
+                    vec[i].data = PyBytes_AS_STRING(m)
+                    vec[i].len = PyBytes_GET_SIZE(m)
+                elif PyUnicode_Check(m):
+                    raise TypeError("put_many() takes bytes-like items, not str (item %d)" % i)
+                else:
+                    PyObject_GetBuffer(m, &views[nviews], PyBUF_C_CONTIGUOUS)
+                    vec[i].data = views[nviews].buf
+                    vec[i].len = views[nviews].len
+                    nviews += 1
+                if vec[i].len > limit:
+                    raise E.MessageTooLarge("item %d: a message of %d bytes exceeds message_size %d"
+                                            % (i, vec[i].len, limit))
+            rc = ar_put_many(self.segment.q, self.entry, vec, n, 0, ids, &done)
+            if rc == AR_FULL and deadline != 0:
+                since = ar_now_ns()
+                while True:
+                    with nogil:
+                        rc = ar_put_many(self.segment.q, self.entry, vec, n, deadline, ids, &done)
+                    if rc != AR_AGAIN:
+                        break
+                    self.segment.blocked(since)
+                    self.check()
+            stored = [ids[i] for i in range(done)]
+            if rc == AR_FULL:
+                raise E.Full("put_many to queue %r: %d of %d stored before the timeout"
+                             % (self.segment.name, done, n), ids=stored)
+            if rc != AR_OK:
+                raise _error(rc, "put_many to queue %r" % (self.segment.name,))
+            return stored
+        finally:
+            for i in range(nviews):
+                PyBuffer_Release(&views[i])
+            PyMem_Free(vec)
+            PyMem_Free(ids)
+            PyMem_Free(views)
+
+    def reserve(self, Py_ssize_t size=-1, timeout=None):
+        """Zero-copy send: claim a slot and write the message in place.
+
+            with p.reserve(n) as buf:   # writable memoryview of n bytes
+                buf[:] = ...
+            # committed (published) here; aborted if the block raised
+
+        ``size`` defaults to message_size.  Keep reservations short:
+        consumers wait behind an open one."""
+        cdef uint64_t deadline, pos = 0, since
+        cdef unsigned char *buf = NULL
+        cdef int rc
+        cdef Reservation r
+        self.check()
+        if size < 0:
+            size = ar_message_size(self.segment.q)
+        if <size_t>size > ar_message_size(self.segment.q):
+            raise E.MessageTooLarge("reserve(%d) exceeds message_size %d of queue %r"
+                                    % (size, ar_message_size(self.segment.q), self.segment.name))
+        deadline = _deadline(timeout)
+        rc = ar_reserve(self.segment.q, self.entry, 0, &pos, &buf)
+        if rc == AR_FULL and deadline != 0:
+            since = ar_now_ns()
+            while True:
+                with nogil:
+                    rc = ar_reserve(self.segment.q, self.entry, deadline, &pos, &buf)
+                if rc != AR_AGAIN:
+                    break
+                self.segment.blocked(since)
+                self.check()
+        if rc != AR_OK:
+            raise _error(rc, "reserve in queue %r" % (self.segment.name,))
+        r = Reservation.__new__(Reservation)
+        r.producer, r.pos, r.buf, r.size, r.gen = self, pos, buf, size, self.gen
+        return r
+
+
+cdef class Reservation:
+    """A claimed slot being written in place (see Producer.reserve)."""
+    cdef Producer producer
+    cdef uint64_t pos
+    cdef unsigned char *buf
+    cdef Py_ssize_t size
+    cdef unsigned long gen
+    cdef readonly bint done
+    cdef object view
+
+    def __init__(self):
+        raise TypeError("reservations come from Producer.reserve()")
+
+    property id:
+        """The message id it will have (its ring position)."""
+        def __get__(self): return self.pos
+
+    def __len__(self):
+        return self.size
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        if self.done:
+            raise E.AlreadySettled("reservation %d was committed or aborted" % self.pos)
+        PyBuffer_FillInfo(buffer, self, <void *>self.buf, self.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        pass
+
+    cdef int _finish(self, bint commit, Py_ssize_t length) except -1:
+        cdef int rc
+        cdef Producer p = self.producer
+        if self.done:
+            raise E.AlreadySettled("reservation %d was already committed or aborted" % self.pos)
+        if p.closed or p.segment.closed:
+            raise E.QueueClosed("the producer of reservation %d is closed (the slot was discarded)" % self.pos)
+        if self.gen != _fork_gen:
+            raise E.StaleDelivery("reservation %d belongs to the parent process" % self.pos)
+        if commit and not 0 <= length <= self.size:
+            raise ValueError("commit length must be from 0 to %d, not %d" % (self.size, length))
+        if self.view is not None:
             try:
-                ids.append(self._put(m, deadline))
-            except E.Full as exc:
-                raise E.Full(str(exc), ids=ids) from None
-        return ids
+                self.view.release()  # the in-place view dies with the reservation
+            except BufferError:
+                pass  # the caller still holds slices of it; they point at a slot no longer ours
+            self.view = None
+        rc = ar_commit(p.segment.q, p.entry, self.pos, length) if commit else ar_abort(p.segment.q, p.entry, self.pos)
+        self.done = True
+        if rc != AR_OK:
+            raise _error(rc, "%s reservation %d" % ("commit" if commit else "abort", self.pos))
+        return 0
+
+    def commit(self, length=None):
+        """Publish the first ``length`` bytes (default: the reserved size); returns the id."""
+        self._finish(True, self.size if length is None else length)
+        return self.pos
+
+    def abort(self):
+        """Give the slot back unpublished."""
+        self._finish(False, 0)
+
+    def __enter__(self):
+        self.view = memoryview(self)
+        return self.view
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.done:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.abort()
+        return False
 
 
 cdef class Consumer(_Client):
@@ -432,7 +650,7 @@ cdef class Consumer(_Client):
         m.d = d[0]
         m.gen = self.gen
         if copy:
-            m._body = PyBytes_FromStringAndSize(<const char *>d.data, d.len)
+            m._body = _copy_out(d.data, d.len)
         return m
 
     def get(self, timeout=None, bint copy=True):
@@ -446,23 +664,94 @@ cdef class Consumer(_Client):
         return self._message(&d, copy)
 
     def get_many(self, Py_ssize_t n, timeout=None, bint copy=True):
-        """Up to n messages: waits (up to ``timeout``) for the first, then takes
-        whatever else is ready without waiting."""
-        cdef ar_delivery d
+        """Up to n messages in one C call: waits (up to ``timeout``) for the
+        first, then takes whatever else is ready without waiting."""
+        cdef ar_delivery *ds
+        cdef size_t got = 0, i
+        cdef uint64_t deadline, since
         cdef int rc
         if n < 1:
             raise ValueError("get_many() needs n >= 1")
         self.check()
-        self._get(&d, _deadline(timeout))
-        out = [self._message(&d, copy)]
-        while len(out) < n:
-            rc = ar_get(self.segment.q, self.entry, &d, 0)
-            if rc == AR_EMPTY:
-                break
+        deadline = _deadline(timeout)
+        ds = <ar_delivery *>PyMem_Malloc(n * sizeof(ar_delivery))
+        if ds == NULL:
+            raise MemoryError()
+        try:
+            rc = ar_get_many(self.segment.q, self.entry, ds, n, 0, &got)
+            if rc == AR_EMPTY and deadline != 0:
+                since = ar_now_ns()
+                while True:
+                    with nogil:
+                        rc = ar_get_many(self.segment.q, self.entry, ds, n, deadline, &got)
+                    if rc != AR_AGAIN:
+                        break
+                    self.segment.blocked(since)
+                    self.check()
+            out = [self._message(&ds[i], copy) for i in range(got)]
             if rc != AR_OK:
                 raise _error(rc, "get from queue %r" % (self.segment.name,))
-            out.append(self._message(&d, copy))
-        return out
+            return out
+        finally:
+            PyMem_Free(ds)
+
+    def ack_many(self, messages):
+        """Ack a batch in one C call (RabbitMQ's multiple=True).  Every item
+        must be an unsettled message of this consumer, else nothing is acked.
+        Deliveries found stale are skipped and reported by StaleDelivery
+        (its ``ids``) after the rest are acked."""
+        cdef Py_ssize_t n, i
+        cdef ar_delivery *ds
+        cdef int *rcs
+        cdef Message m
+        cdef int64_t dup
+        self.check()
+        items = messages if isinstance(messages, (list, tuple)) else list(messages)
+        n = len(items)
+        dup = -1
+        for i in range(n):
+            if not isinstance(items[i], Message):
+                raise TypeError("ack_many() takes Message objects, not %s" % type(items[i]).__name__)
+            m = items[i]
+            if m.consumer is not self:
+                raise ValueError("message %d was delivered to another consumer" % m.d.pos)
+            if m.settled:
+                raise E.AlreadySettled("message %d was already settled" % m.d.pos)
+            if m.gen != _fork_gen:
+                raise E.StaleDelivery("message %d was delivered to the parent process before fork" % m.d.pos)
+        # Duplicates: mark each message once; a mark already set is a repeat.
+        for i in range(n):
+            m = items[i]
+            if m.marked:
+                dup = m.d.pos
+            m.marked = True
+        for i in range(n):
+            (<Message>items[i]).marked = False
+        if dup >= 0:
+            raise E.AlreadySettled("ack_many() got message %d twice" % dup)
+        if n == 0:
+            return
+        ds = <ar_delivery *>PyMem_Malloc(n * sizeof(ar_delivery))
+        rcs = <int *>PyMem_Malloc(n * sizeof(int))
+        try:
+            if ds == NULL or rcs == NULL:
+                raise MemoryError()
+            for i in range(n):
+                ds[i] = (<Message>items[i]).d
+            ar_ack_many(self.segment.q, self.entry, ds, n, rcs)
+            stale = []
+            for i in range(n):
+                m = items[i]
+                m.settled = True
+                if rcs[i] != AR_OK:
+                    stale.append(m.d.pos)
+            if stale:
+                exc = E.StaleDelivery("%d of %d deliveries were no longer current: %r" % (len(stale), n, stale))
+                exc.ids = stale
+                raise exc
+        finally:
+            PyMem_Free(ds)
+            PyMem_Free(rcs)
 
     def __iter__(self):
         return self
@@ -476,6 +765,7 @@ cdef class Consumer(_Client):
             raise StopIteration
 
 
+@cython.freelist(256)
 cdef class Message:
     """One delivery.  Settle it exactly once: ack(), or nack(requeue=...)."""
     cdef Consumer consumer
@@ -483,6 +773,7 @@ cdef class Message:
     cdef unsigned long gen
     cdef object _body
     cdef readonly bint settled
+    cdef bint marked   # scratch flag of ack_many's duplicate check
 
     def __init__(self):
         raise TypeError("messages come from Consumer.get()")
@@ -504,7 +795,7 @@ cdef class Message:
                 if self.settled:
                     raise E.AlreadySettled("message %d was settled before its body was read; "
                                            "use get(copy=True)" % self.d.pos)
-                self._body = PyBytes_FromStringAndSize(<const char *>self.d.data, self.d.len)
+                self._body = _copy_out(self.d.data, self.d.len)
             return self._body
 
     def __len__(self):
@@ -566,3 +857,11 @@ cdef class Message:
             else:
                 self.nack(requeue=True)
         return False
+
+
+def set_test_hook(point):
+    """Test-only: SIGSTOP this process at a named point inside a critical
+    window (see ar_set_test_hook in ext/ackring.h).  None or "" turns it off."""
+    cdef bytes b = (point or "").encode("ascii")
+    if ar_set_test_hook(b) != AR_OK:
+        raise ValueError("unknown test hook point %r" % (point,))
