@@ -86,10 +86,20 @@ typedef struct ar_header {
     uint32_t not_empty_seq;     /* futex word consumers sleep on; bumped by publishes */
     uint32_t consumers_waiting;
 
-    /* line 3: rarely written */
+    /* line 3: delivery rules, written once by the creator (like line 0) and
+     * validated at open. */
+    uint32_t max_deliveries AR_ALIGNED; /* 0 = unlimited */
+    uint32_t dlq_overhead;              /* bytes of dead-letter header in a DLQ message (0 if not a DLQ) */
+    uint64_t default_ttl_ns;            /* 0 = none */
+    uint64_t ack_timeout_ns;            /* default lease of a delivery; 0 = none */
+
+    /* line 4: rarely written */
     uint64_t reclaim_lock AR_ALIGNED; /* 0, or (pid << 32 | entry + 1) of the reclaimer */
-    uint64_t retired[5];              /* counters folded in from freed entries */
-    uint64_t settle_seq;              /* bumped by every settle (for receipts)  */
+    uint32_t leases_seen;             /* set (relaxed) once any delivery carried a lease */
+    uint32_t pad4;
+
+    /* lines 5-6: counters folded in from freed entries (relaxed fetch-add) */
+    uint64_t retired[16] AR_ALIGNED;
 } ar_header;
 
 /* A process-table entry: one per attached producer or consumer object. */
@@ -99,7 +109,11 @@ enum { AR_C_FREE = 0, AR_C_CLAIMING = 1, AR_C_ACTIVE = 2, AR_C_DEAD = 3 };
 #define CW_PID(w) ((uint32_t)((w) >> 32))
 #define CWORD(state, role, pid) (((uint64_t)(pid) << 32) | ((uint64_t)(role) << 8) | (state))
 
-enum { CNT_PUBLISHED, CNT_ACKED, CNT_NACKED, CNT_REDELIVERED, CNT_DISCARDED, CNT_N };
+enum {
+    CNT_PUBLISHED, CNT_ACKED, CNT_NACKED, CNT_REDELIVERED, CNT_DISCARDED, CNT_DROPPED,
+    CNT_DL_REJECTED, CNT_DL_LIMIT, CNT_DL_EXPIRED, CNT_DL_LEASE, CNT_LEASE_EXPIRED, CNT_DLQ_DROPPED,
+    CNT_N
+};
 #define WAIT_CONSUMER 1u
 #define WAIT_PRODUCER 2u
 
@@ -120,8 +134,24 @@ typedef struct ar_slot {
     uint32_t len;        /* payload length; written by the WRITING owner, bounds-checked by readers */
     uint32_t flags;
     uint64_t publish_ns; /* CLOCK_REALTIME at publish; written by the WRITING owner */
-    uint64_t reserved[4];
+    uint64_t expire_ns;  /* CLOCK_MONOTONIC expiry (TTL), 0 = none; written by the WRITING owner */
+    uint64_t lease;      /* LEASE(gen, deadline_us): written by the DELIVERED owner (get, extend);
+                          * read by the lease scan, which acts only if gen matches the word's */
+    uint64_t reserved[2];
 } ar_slot;
+#define LEASE(gen, us) (((uint64_t)(gen) << 48) | ((us) & 0xFFFFFFFFFFFFull))
+#define LEASE_GEN(l) ((uint32_t)((l) >> 48))
+#define LEASE_US(l) ((l) & 0xFFFFFFFFFFFFull)
+
+/* Dead-letter header at the start of every DLQ message (little-endian, 40 bytes). */
+typedef struct ar_death {
+    uint64_t original_id;
+    uint64_t queue_id;   /* of the queue it died in */
+    uint64_t publish_ns; /* CLOCK_REALTIME of its first publish */
+    uint64_t dead_ns;    /* CLOCK_REALTIME of dead-lettering */
+    uint32_t reason;     /* AR_DL_* */
+    uint32_t delivery_count;
+} ar_death;
 
 struct ar_queue {
     unsigned char *base;
@@ -132,14 +162,21 @@ struct ar_queue {
     /* geometry validated at open; local copies, never re-read from shared memory */
     uint32_t capacity, mask, shift, message_size, slot_size, max_clients;
     uint64_t queue_id, created_ns;
+    ar_config cfg;     /* delivery rules, validated at open */
+    ar_queue *dlq;     /* this process's handle on the dead-letter queue, or NULL */
+    uint32_t dlq_entry; /* our producer entry in it */
 };
 
 _Static_assert(sizeof(ar_slot) == 64, "slot header is one cache line");
-_Static_assert(sizeof(ar_client) == 64, "client entry is one cache line");
+_Static_assert(sizeof(ar_client) == 128, "client entry is two cache lines");
+_Static_assert(sizeof(ar_death) == AR_DEATH_SIZE, "dead-letter header");
 _Static_assert(offsetof(ar_header, tail) == 64, "layout v1");
 _Static_assert(offsetof(ar_header, head) == 128, "layout v1");
-_Static_assert(offsetof(ar_header, reclaim_lock) == 192, "layout v1");
-_Static_assert(sizeof(ar_header) == 256, "layout v1");
+_Static_assert(offsetof(ar_header, max_deliveries) == 192, "layout v1");
+_Static_assert(offsetof(ar_header, reclaim_lock) == 256, "layout v1");
+_Static_assert(offsetof(ar_header, retired) == 320, "layout v1");
+_Static_assert(sizeof(ar_header) == 448, "layout v1");
+_Static_assert(CNT_N <= 16, "retired[] holds every counter");
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -292,10 +329,11 @@ static void set_geometry(ar_queue *q, uint32_t cap, uint32_t msz, uint32_t max_c
 }
 
 int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t message_size,
-              uint32_t max_clients, int mode, ar_queue **out) {
+              uint32_t max_clients, int mode, const ar_config *cfg, ar_queue **out) {
     if (ar_check_name(name) != AR_OK || capacity < 2 || capacity > AR_MAX_CAPACITY ||
         (capacity & (capacity - 1)) != 0 || message_size < 1 || message_size > AR_MAX_MESSAGE_SIZE ||
-        max_clients < 1 || max_clients > AR_MAX_CLIENTS)
+        max_clients < 1 || max_clients > AR_MAX_CLIENTS || !cfg ||
+        (cfg->is_dlq && message_size < AR_DEATH_SIZE))
         return AR_INVAL;
     char path[4096], tmp[4096];
     if (seg_path(path, sizeof path, dir, name) != AR_OK)
@@ -339,6 +377,12 @@ int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t mes
     h->created_ns = realtime_ns();
     h->queue_id = rnd ? rnd : 1;
     h->total_size = size;
+    h->max_deliveries = cfg->max_deliveries;
+    h->dlq_overhead = cfg->is_dlq ? AR_DEATH_SIZE : 0;
+    h->default_ttl_ns = cfg->default_ttl_ns;
+    h->ack_timeout_ns = cfg->ack_timeout_ns;
+    q->cfg = *cfg;
+    q->cfg.is_dlq = cfg->is_dlq ? 1 : 0;
     for (uint32_t i = 0; i < capacity; i++) {
         /* lap 0xFFFFFFFF = "lap -1": slot i is free for position i of lap 0. */
         slot_at(q, i)->word = AR_WORD(AR_S_FREE, AR_NO_OWNER, 0, 0xFFFFFFFFu);
@@ -405,7 +449,9 @@ int ar_open(const char *dir, const char *name, ar_queue **out) {
         h.slot_size != slot_size_for(h.message_size) || h.max_clients < 1 ||
         h.max_clients > AR_MAX_CLIENTS ||
         h.total_size != total_size_for(h.capacity, h.message_size, h.max_clients) ||
-        h.total_size != (uint64_t)st.st_size || h.total_size > (uint64_t)SIZE_MAX / 2) {
+        h.total_size != (uint64_t)st.st_size || h.total_size > (uint64_t)SIZE_MAX / 2 ||
+        (h.dlq_overhead != 0 && h.dlq_overhead != AR_DEATH_SIZE) ||
+        (h.dlq_overhead && h.message_size < AR_DEATH_SIZE)) {
         close(fd);
         return AR_INCOMPATIBLE;
     }
@@ -420,8 +466,20 @@ int ar_open(const char *dir, const char *name, ar_queue **out) {
     set_geometry(q, h.capacity, h.message_size, h.max_clients);
     q->queue_id = h.queue_id;
     q->created_ns = h.created_ns;
+    q->cfg.max_deliveries = h.max_deliveries;
+    q->cfg.is_dlq = h.dlq_overhead != 0;
+    q->cfg.default_ttl_ns = h.default_ttl_ns;
+    q->cfg.ack_timeout_ns = h.ack_timeout_ns;
     *out = q;
     return AR_OK;
+}
+
+void ar_get_config(const ar_queue *q, ar_config *cfg) { *cfg = q->cfg; }
+
+void ar_attach_dlq(ar_queue *q, ar_queue *dlq, uint32_t dlq_entry) {
+    /* A dead-letter queue has no dead-letter queue of its own. */
+    q->dlq = (q->cfg.is_dlq || (dlq && dlq_entry >= dlq->max_clients)) ? NULL : dlq;
+    q->dlq_entry = dlq_entry;
 }
 
 int ar_unlink(const char *dir, const char *name) {
@@ -491,6 +549,25 @@ int ar_get_client(const ar_queue *q, uint32_t index, ar_client_info *out) {
     return AR_OK;
 }
 
+/* DELIVERED (word *w, held by someone else or by a dead process) -> READY
+ * behind head.  Returns 1 on success; on failure *w has the current word. */
+static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w) {
+    ar_header *h = q->hdr;
+    uint32_t lap = AR_W_LAP(*w);
+    /* The holder may have died between its slot CAS and its head advance:
+     * finish that first, so the slot is behind head when it turns READY (I5)
+     * and the head path never takes it twice. */
+    uint64_t hd = LOAD(&h->head, ACQ);
+    if (lap_of(q, hd) == lap && (hd & q->mask) == i)
+        help_advance(&h->head, hd);
+    /* I5: the hint goes up before the slot is READY, so it is never low. */
+    FADD(&h->requeued, 1, SEQ);
+    if (CAS(&s->word, w, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(*w), lap), SEQ, ACQ))
+        return 1;
+    FSUB(&h->requeued, 1, RLX); /* lost the race: the hint goes back */
+    return 0;
+}
+
 /* Put back everything slot-wise that entry `e` holds: WRITING slots are
  * discarded (their put() never returned: nothing confirmed is lost), DELIVERED
  * slots become READY again behind head (I5).  Only called by the owner itself
@@ -513,26 +590,15 @@ static uint32_t release_slots(ar_queue *q, uint32_t e) {
                 if (lap_of(q, t) == lap && (t & q->mask) == i)
                     help_advance(&h->tail, t);
                 /* seq_cst: pairs with sleeping consumers' re-check (see wake_side). */
-                if (CAS(&s->word, &w, AR_WORD(AR_S_FREE, AR_NO_OWNER, 0, lap), SEQ, ACQ)) {
+                if (CAS(&s->word, &w, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, 0, lap), SEQ, ACQ)) {
                     repaired++;
                     discarded++;
                     break;
                 }
-            } else {
-                /* The consumer may have died between its slot CAS and its head
-                 * advance: finish that first, so the slot is behind head when it
-                 * turns READY (I5) and the head path never takes it twice. */
-                uint64_t hd = LOAD(&h->head, ACQ);
-                if (lap_of(q, hd) == lap && (hd & q->mask) == i)
-                    help_advance(&h->head, hd);
-                /* I5: the hint goes up before the slot is READY, so it is never low. */
-                FADD(&h->requeued, 1, SEQ);
-                if (CAS(&s->word, &w, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(w), lap), SEQ, ACQ)) {
-                    repaired++;
-                    requeued++;
-                    break;
-                }
-                FSUB(&h->requeued, 1, RLX); /* lost the race: the hint goes back */
+            } else if (requeue_slot(q, s, i, &w)) {
+                repaired++;
+                requeued++;
+                break;
             }
         }
     }
@@ -667,12 +733,17 @@ static int claim_slot(ar_queue *q, uint32_t e, uint64_t *pos, ar_slot **slot) {
 }
 
 /* WRITING -> READY for a slot `e` claimed at `pos`, whose payload is in place. */
-static int publish(ar_queue *q, uint32_t e, uint64_t pos, ar_slot *s, uint32_t len) {
+static int publish(ar_queue *q, uint32_t e, uint64_t pos, ar_slot *s, uint32_t len, uint64_t ttl_ns) {
     uint32_t lap = lap_of(q, pos);
+    uint64_t ttl = q->cfg.default_ttl_ns;
+    if (ttl_ns && (!ttl || ttl_ns < ttl)) /* the lower TTL wins */
+        ttl = ttl_ns;
     s->id = pos;
     s->len = len;
     s->flags = 0;
     s->publish_ns = realtime_ns();
+    s->expire_ns = ttl ? ar_now_ns() + ttl : 0;
+    s->lease = 0; /* no delivery yet: the lease scan ignores the slot */
     HOOK(H_PUT_WRITING);
     /* I3: publish.  seq_cst CAS: release for the payload and fields above, and
      * the Dekker half of the no-lost-wakeup argument (wake_side).  It fails
@@ -685,7 +756,7 @@ static int publish(ar_queue *q, uint32_t e, uint64_t pos, ar_slot *s, uint32_t l
     return AR_OK;
 }
 
-static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint64_t *id) {
+static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint64_t ttl_ns, uint64_t *id) {
     uint64_t pos;
     ar_slot *s;
     int rc = claim_slot(q, e, &pos, &s);
@@ -693,29 +764,167 @@ static int try_put(ar_queue *q, uint32_t e, const void *data, uint32_t len, uint
         return rc;
     if (len)
         memcpy(payload(s), data, len);
-    rc = publish(q, e, pos, s, len);
+    rc = publish(q, e, pos, s, len, ttl_ns);
     if (rc == AR_OK)
         *id = pos;
     return rc;
+}
+
+/* I3: a delivery is settled only by a CAS from exactly the word it installed:
+ * same lap, owner and generation.  Anything else is a stale delivery. */
+static int settle(ar_queue *q, uint32_t e, const ar_delivery *d, uint64_t new_word) {
+    ar_slot *s = slot_at(q, d->pos);
+    uint64_t exp = d->word;
+    if (AR_W_OWNER(exp) != e || AR_W_STATE(exp) != AR_S_DELIVERED)
+        return AR_STALE;
+    /* seq_cst: release for our reads of the payload (the next writer's acquire
+     * pairs with it), and the Dekker half towards sleeping producers. */
+    if (!CAS(&s->word, &exp, new_word, SEQ, RLX))
+        return AR_STALE;
+    return AR_OK;
+}
+
+static inline uint64_t free_word(const ar_delivery *d, uint32_t outcome) {
+    return AR_WORD(AR_S_FREE, outcome, AR_W_GEN(d->word), AR_W_LAP(d->word));
+}
+
+static int try_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns);
+
+/* Copy a dead letter into the DLQ.  When the DLQ is full its oldest dead
+ * letter that nobody holds is dropped to make room; if every one is held,
+ * the new one is dropped.  Either way dlq_dropped says so: a full DLQ never
+ * blocks the main queue. */
+static int dlq_put(ar_queue *q, uint32_t e, const ar_death *dh, const unsigned char *body, uint32_t blen) {
+    ar_queue *dq = q->dlq;
+    uint32_t de = q->dlq_entry;
+    if ((uint64_t)blen + AR_DEATH_SIZE > dq->message_size) {
+        count(q, e, CNT_DLQ_DROPPED, 1);
+        return AR_TOOBIG;
+    }
+    for (int tries = 0; tries < 8; tries++) {
+        uint64_t pos;
+        ar_slot *s;
+        int rc = claim_slot(dq, de, &pos, &s);
+        if (rc == AR_OK) {
+            memcpy(payload(s), dh, AR_DEATH_SIZE);
+            if (blen)
+                memcpy(payload(s) + AR_DEATH_SIZE, body, blen);
+            return publish(dq, de, pos, s, AR_DEATH_SIZE + blen, 0);
+        }
+        if (rc != AR_FULL)
+            return rc;
+        ar_delivery old;
+        if (try_get(dq, de, &old, UINT64_MAX) != AR_OK)
+            break; /* every dead letter is held by a DLQ consumer */
+        if (settle(dq, de, &old, free_word(&old, AR_OUT_DROPPED)) == AR_OK) {
+            count(dq, de, CNT_DROPPED, 1);
+            count(q, e, CNT_DLQ_DROPPED, 1);
+        }
+    }
+    count(q, e, CNT_DLQ_DROPPED, 1);
+    return AR_FULL;
+}
+
+static const int dl_counter[5] = {0, CNT_DL_REJECTED, CNT_DL_LIMIT, CNT_DL_EXPIRED, CNT_DL_LEASE};
+
+/* Dead-letter a delivery `e` holds: copy it to the DLQ (if this queue has
+ * one attached), then settle it with the outcome recorded in the FREE word.
+ * A death between the two leaves a copy in the DLQ and the delivery with the
+ * dead process: reclaim redelivers it, so it may be dead-lettered twice,
+ * never lost (at-least-once, like everything else here). */
+static int dead_letter(ar_queue *q, uint32_t e, const ar_delivery *d, uint32_t reason) {
+    uint32_t outcome = AR_OUT_DROPPED;
+    if (q->dlq) {
+        ar_death dh = {d->pos, q->queue_id, d->publish_ns, realtime_ns(), reason, d->delivery_count};
+        if (dlq_put(q, e, &dh, d->data, d->len) == AR_OK)
+            outcome = AR_OUT_DEAD + reason;
+    }
+    int rc = settle(q, e, d, free_word(d, outcome));
+    if (rc != AR_OK)
+        return rc;
+    count(q, e, outcome == AR_OUT_DROPPED ? CNT_DROPPED : dl_counter[reason], 1);
+    wake_producers(q);
+    return AR_OK;
 }
 
 static int fill_delivery(ar_queue *q, ar_slot *s, uint64_t pos, uint64_t word, ar_delivery *d) {
     /* We own the slot (DELIVERED, acquired by CAS), so the producer's writes are visible. */
     uint32_t len = s->len;
     uint64_t id = s->id;
-    if (len > q->message_size || id != pos) /* I4: never trust a length from shared memory */
-        return AR_CORRUPT;
     d->pos = pos;
     d->word = word;
+    if (len > q->message_size || id != pos) { /* I4: never trust a length from shared memory */
+        /* Discard it (an error is raised, nothing is silently skipped). */
+        uint64_t exp = word;
+        CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, AR_W_GEN(word), AR_W_LAP(word)), SEQ, RLX);
+        return AR_CORRUPT;
+    }
     d->data = payload(s);
     d->len = len;
     d->delivery_count = AR_W_GEN(word);
     d->publish_ns = s->publish_ns;
+    d->dead_reason = 0;
+    if (q->cfg.is_dlq) { /* strip and decode the dead-letter header */
+        ar_death dh;
+        if (len < AR_DEATH_SIZE) {
+            uint64_t exp = word;
+            CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, AR_W_GEN(word), AR_W_LAP(word)), SEQ,
+                RLX);
+            return AR_CORRUPT;
+        }
+        memcpy(&dh, d->data, AR_DEATH_SIZE);
+        d->dead_original_id = dh.original_id;
+        d->dead_queue_id = dh.queue_id;
+        d->dead_publish_ns = dh.publish_ns;
+        d->dead_ns = dh.dead_ns;
+        d->dead_reason = dh.reason;
+        d->dead_delivery_count = dh.delivery_count;
+        d->data += AR_DEATH_SIZE;
+        d->len -= AR_DEATH_SIZE;
+    }
+    return AR_OK;
+}
+
+#define AR_TAKEN_AWAY (-1) /* internal: the message went to the DLQ instead; look again */
+
+/* We hold slot s at pos (word `mine`).  Apply the delivery rules: a message
+ * over the delivery limit or past its TTL is dead-lettered, never handed out;
+ * otherwise start its lease and hand it out. */
+static int deliver(ar_queue *q, uint32_t e, ar_slot *s, uint64_t pos, uint64_t mine, ar_delivery *d,
+                   uint64_t lease_ns) {
+    int rc = fill_delivery(q, s, pos, mine, d);
+    if (rc != AR_OK)
+        return rc;
+    uint32_t gen = AR_W_GEN(mine);
+    uint64_t exp = s->expire_ns, now = 0;
+    int over = q->cfg.max_deliveries && gen > q->cfg.max_deliveries;
+    if (over || (exp && (now = ar_now_ns()) >= exp)) {
+        /* Taken for a delivery that never happens: the record counts only
+         * the deliveries that did. */
+        d->delivery_count = gen - 1;
+        dead_letter(q, e, d, over ? AR_DL_DELIVERY_LIMIT : AR_DL_EXPIRED);
+        return AR_TAKEN_AWAY;
+    }
+    if (lease_ns == 0)
+        lease_ns = q->cfg.ack_timeout_ns;
+    else if (lease_ns == UINT64_MAX)
+        lease_ns = 0;
+    if (lease_ns) {
+        if (!now)
+            now = ar_now_ns();
+        /* who: the DELIVERED owner; relaxed: the lease scan matches gen against
+         * the word it loaded, so a stale lease can never expire this delivery. */
+        STORE(&s->lease, LEASE(gen, (now + lease_ns) / 1000), RLX);
+        if (!LOAD(&q->hdr->leases_seen, RLX))
+            STORE(&q->hdr->leases_seen, 1, RLX);
+    }
+    if (gen > 1)
+        count(q, e, CNT_REDELIVERED, 1);
     return AR_OK;
 }
 
 /* Take a requeued READY slot behind head, oldest position first. */
-static int take_requeued(ar_queue *q, uint32_t e, ar_delivery *d) {
+static int take_requeued(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns) {
     ar_header *h = q->hdr;
     uint64_t hd = LOAD(&h->head, ACQ);
     uint64_t p = hd >= q->capacity ? hd - q->capacity : 0;
@@ -730,26 +939,26 @@ static int take_requeued(ar_queue *q, uint32_t e, ar_delivery *d) {
         if (!CAS(&s->word, &w, mine, ACQ, RLX))
             continue;
         FSUB(&h->requeued, 1, RLX); /* I5: lowered only after the slot left READY */
-        int rc = fill_delivery(q, s, p, mine, d);
-        if (rc == AR_OK)
-            count(q, e, CNT_REDELIVERED, 1);
+        int rc = deliver(q, e, s, p, mine, d, lease_ns);
+        if (rc == AR_TAKEN_AWAY)
+            continue;
         return rc;
     }
     return AR_EMPTY;
 }
 
-static int try_get(ar_queue *q, uint32_t e, ar_delivery *d) {
+static int try_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns) {
     ar_header *h = q->hdr;
     /* I5: a requeued message goes ahead of everything never delivered. */
     if (LOAD(&h->requeued, ACQ) != 0) {
-        int rc = take_requeued(q, e, d);
+        int rc = take_requeued(q, e, d, lease_ns);
         if (rc != AR_EMPTY)
             return rc;
     }
     for (;;) {
         uint64_t hd = LOAD(&h->head, ACQ);
         ar_slot *s = slot_at(q, hd);
-        /* seq_cst (a plain load on x86): the re-check half of the Dekker pair in ar_get. */
+        /* seq_cst (a plain load on x86): the re-check half of the Dekker pair in wait_loop. */
         uint64_t w = LOAD(&s->word, SEQ);
         uint32_t lap = lap_of(q, hd);
         int32_t dl = (int32_t)(AR_W_LAP(w) - lap);
@@ -763,9 +972,9 @@ static int try_get(ar_queue *q, uint32_t e, ar_delivery *d) {
                     continue;
                 HOOK(H_GET_CLAIMED);
                 help_advance(&h->head, hd); /* then the position; anyone may finish this */
-                int rc = fill_delivery(q, s, hd, mine, d);
-                if (rc == AR_OK && AR_W_GEN(mine) > 1)
-                    count(q, e, CNT_REDELIVERED, 1);
+                int rc = deliver(q, e, s, hd, mine, d, lease_ns);
+                if (rc == AR_TAKEN_AWAY)
+                    continue;
                 return rc;
             }
             if (st == AR_S_WRITING) /* its producer is copying; publish will wake us */
@@ -788,7 +997,6 @@ static int try_get(ar_queue *q, uint32_t e, ar_delivery *d) {
  * ourselves in *waiting.  Returns the attempt's result, `none` at the
  * deadline, or AR_AGAIN after at most one slice (so the caller can check for
  * signals and run a reclaim pass). */
-
 static int wait_loop(ar_queue *q, uint32_t e, uint64_t deadline, uint32_t *waiting, uint32_t *seq,
                      uint32_t wbit, int (*attempt)(ar_queue *, uint32_t, void *), void *arg, int none) {
     /* Spin briefly first: the other side is often a few hundred ns away. */
@@ -807,14 +1015,13 @@ static int wait_loop(ar_queue *q, uint32_t e, uint64_t deadline, uint32_t *waiti
     uint32_t sv = LOAD(seq, ACQ);
     /* Announce, then re-check (Dekker with wake_side): seq_cst RMW then seq_cst load. */
     FADD(waiting, 1, SEQ);
-    ar_client *c = e < q->max_clients ? &q->clients[e] : NULL;
-    if (c) /* counted first, flagged second: a death in between over-counts (harmless), never under-counts */
-        FADD(&c->waiting, wbit, RLX);
+    ar_client *c = &q->clients[e];
+    /* counted first, flagged second: a death in between over-counts (harmless), never under-counts */
+    FADD(&c->waiting, wbit, RLX);
     int rc = attempt(q, e, arg);
     if (rc == none)
         futex_wait(seq, sv, slice);
-    if (c)
-        FSUB(&c->waiting, wbit, RLX);
+    FSUB(&c->waiting, wbit, RLX);
     FSUB(waiting, 1, SEQ);
     if (rc != none)
         return rc;
@@ -829,73 +1036,66 @@ static int wait_loop(ar_queue *q, uint32_t e, uint64_t deadline, uint32_t *waiti
 typedef struct {
     const void *data;
     uint32_t len;
+    uint64_t ttl_ns;
     uint64_t *id;
 } put_args;
 static int put_attempt(ar_queue *q, uint32_t e, void *a) {
     put_args *pa = a;
-    return try_put(q, e, pa->data, pa->len, pa->id);
+    return try_put(q, e, pa->data, pa->len, pa->ttl_ns, pa->id);
 }
-static int get_attempt(ar_queue *q, uint32_t e, void *a) { return try_get(q, e, (ar_delivery *)a); }
+typedef struct {
+    ar_delivery *d;
+    uint64_t lease_ns;
+} get_args;
+static int get_attempt(ar_queue *q, uint32_t e, void *a) {
+    get_args *ga = a;
+    return try_get(q, e, ga->d, ga->lease_ns);
+}
 
-int ar_put(ar_queue *q, uint32_t e, const void *data, size_t len, uint64_t deadline, uint64_t *id) {
+int ar_put(ar_queue *q, uint32_t e, const void *data, size_t len, uint64_t deadline, uint64_t ttl_ns,
+           uint64_t *id) {
     if (len > q->message_size)
         return AR_TOOBIG;
     if (e >= q->max_clients)
         return AR_INVAL;
-    int rc = try_put(q, e, data, (uint32_t)len, id);
+    int rc = try_put(q, e, data, (uint32_t)len, ttl_ns, id);
     if (rc != AR_FULL || deadline == 0)
         return rc;
-    put_args pa = {data, (uint32_t)len, id};
+    put_args pa = {data, (uint32_t)len, ttl_ns, id};
     return wait_loop(q, e, deadline, &q->hdr->producers_waiting, &q->hdr->not_full_seq, WAIT_PRODUCER,
                      put_attempt, &pa, AR_FULL);
 }
 
-int ar_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t deadline) {
+int ar_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t deadline, uint64_t lease_ns) {
     if (e >= q->max_clients)
         return AR_INVAL;
-    int rc = try_get(q, e, d);
+    int rc = try_get(q, e, d, lease_ns);
     if (rc != AR_EMPTY || deadline == 0)
         return rc;
+    get_args ga = {d, lease_ns};
     return wait_loop(q, e, deadline, &q->hdr->consumers_waiting, &q->hdr->not_empty_seq, WAIT_CONSUMER,
-                     get_attempt, d, AR_EMPTY);
-}
-
-/* I3: a delivery is settled only by a CAS from exactly the word it installed:
- * same lap, owner and generation.  Anything else is a stale delivery. */
-static int settle(ar_queue *q, uint32_t e, const ar_delivery *d, uint64_t new_word) {
-    ar_slot *s = slot_at(q, d->pos);
-    uint64_t exp = d->word;
-    if (AR_W_OWNER(exp) != e || AR_W_STATE(exp) != AR_S_DELIVERED)
-        return AR_STALE;
-    /* seq_cst: release for our reads of the payload (the next writer's acquire
-     * pairs with it), and the Dekker half towards sleeping producers. */
-    if (!CAS(&s->word, &exp, new_word, SEQ, RLX))
-        return AR_STALE;
-    return AR_OK;
+                     get_attempt, &ga, AR_EMPTY);
 }
 
 int ar_ack(ar_queue *q, uint32_t e, const ar_delivery *d) {
     HOOK(H_ACK_BEFORE);
-    int rc = settle(q, e, d, AR_WORD(AR_S_FREE, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
+    int rc = settle(q, e, d, free_word(d, AR_OUT_ACKED));
     if (rc != AR_OK)
         return rc;
     HOOK(H_ACK_AFTER);
     count(q, e, CNT_ACKED, 1);
-    FADD(&q->hdr->settle_seq, 1, RLX);
     wake_producers(q);
     return AR_OK;
 }
 
 int ar_nack(ar_queue *q, uint32_t e, const ar_delivery *d, int requeue) {
+    if (e >= q->max_clients)
+        return AR_INVAL;
     if (!requeue) {
-        int rc = settle(q, e, d, AR_WORD(AR_S_FREE, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
-        if (rc != AR_OK)
-            return rc;
-        count(q, e, CNT_NACKED, 1);
-        count(q, e, CNT_DISCARDED, 1);
-        FADD(&q->hdr->settle_seq, 1, RLX);
-        wake_producers(q);
-        return AR_OK;
+        int rc = dead_letter(q, e, d, AR_DL_REJECTED);
+        if (rc == AR_OK)
+            count(q, e, CNT_NACKED, 1);
+        return rc;
     }
     /* I5: raise the hint before the slot turns READY behind head.  The slot is
      * behind head already: ar_get advanced head past it before returning. */
@@ -911,10 +1111,99 @@ int ar_nack(ar_queue *q, uint32_t e, const ar_delivery *d, int requeue) {
     return AR_OK;
 }
 
+int ar_extend(ar_queue *q, uint32_t e, const ar_delivery *d, uint64_t lease_ns) {
+    ar_slot *s = slot_at(q, d->pos);
+    if (AR_W_OWNER(d->word) != e || LOAD(&s->word, ACQ) != d->word)
+        return AR_STALE;
+    uint64_t until = (ar_now_ns() + lease_ns) / 1000;
+    STORE(&s->lease, LEASE(AR_W_GEN(d->word), until), SEQ);
+    if (!LOAD(&q->hdr->leases_seen, RLX))
+        STORE(&q->hdr->leases_seen, 1, RLX);
+    /* Re-check: if the lease scan took it back meanwhile, say so.  (A scan
+     * that read the old lease just before our store may still win the
+     * race; the caller then learns it from this check or from its ack.) */
+    if (LOAD(&s->word, SEQ) != d->word)
+        return AR_STALE;
+    return AR_OK;
+}
+
+int ar_expire_leases(ar_queue *q, uint32_t e, uint32_t *n) {
+    *n = 0;
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    if (!LOAD(&q->hdr->leases_seen, RLX))
+        return AR_OK;
+    uint64_t now_us = ar_now_ns() / 1000;
+    uint32_t requeued = 0;
+    for (uint32_t i = 0; i < q->capacity; i++) {
+        ar_slot *s = slot_at(q, i);
+        uint64_t w = LOAD(&s->word, ACQ);
+        if (AR_W_STATE(w) != AR_S_DELIVERED)
+            continue;
+        uint64_t l = LOAD(&s->lease, SEQ);
+        if (LEASE_GEN(l) != AR_W_GEN(w) || LEASE_US(l) == 0 || now_us < LEASE_US(l))
+            continue;
+        uint32_t gen = AR_W_GEN(w), lap = AR_W_LAP(w);
+        if (q->cfg.max_deliveries && gen >= q->cfg.max_deliveries) {
+            /* Its last allowed delivery ran out: dead-letter it.  Take it over
+             * first (a death of ours from here on is repaired like any holder's). */
+            uint64_t mine = AR_WORD(AR_S_DELIVERED, e, gen, lap);
+            if (!CAS(&s->word, &w, mine, ACQ, RLX))
+                continue;
+            uint64_t pos = ((uint64_t)s->id & ~(uint64_t)q->mask) | i;
+            ar_delivery d;
+            if (fill_delivery(q, s, pos, mine, &d) == AR_OK && dead_letter(q, e, &d, AR_DL_LEASE_EXPIRED) == AR_OK)
+                (*n)++;
+        } else if (requeue_slot(q, s, i, &w)) {
+            count(q, e, CNT_LEASE_EXPIRED, 1);
+            requeued++;
+            (*n)++;
+        }
+    }
+    if (requeued)
+        wake_consumers(q);
+    return AR_OK;
+}
+
+typedef struct {
+    uint64_t id;
+    uint32_t *outcome;
+} settled_args;
+static int settled_attempt(ar_queue *q, uint32_t e, void *a) {
+    settled_args *sa = a;
+    ar_slot *s = slot_at(q, sa->id);
+    uint64_t w = LOAD(&s->word, SEQ); /* seq_cst: the re-check half of the Dekker pair */
+    int32_t d = (int32_t)(AR_W_LAP(w) - lap_of(q, sa->id));
+    if (d > 0) { /* the slot was reused: settled, outcome no longer recorded */
+        *sa->outcome = AR_OUT_NONE;
+        return AR_OK;
+    }
+    if (d < 0)
+        return AR_CORRUPT; /* published ids are never ahead of their slot */
+    if (AR_W_STATE(w) != AR_S_FREE)
+        return AR_EMPTY;
+    *sa->outcome = AR_W_OWNER(w);
+    return AR_OK;
+}
+
+int ar_wait_settled(ar_queue *q, uint32_t e, uint64_t id, uint64_t deadline, uint32_t *outcome) {
+    if (e >= q->max_clients)
+        return AR_INVAL;
+    if (id >= LOAD(&q->hdr->tail, ACQ))
+        return AR_INVAL;
+    settled_args sa = {id, outcome};
+    int rc = settled_attempt(q, e, &sa);
+    if (rc != AR_EMPTY || deadline == 0)
+        return rc;
+    /* Settles wake producers (a settled slot is a free one), so receipts wait there. */
+    return wait_loop(q, e, deadline, &q->hdr->producers_waiting, &q->hdr->not_full_seq, WAIT_PRODUCER,
+                     settled_attempt, &sa, AR_EMPTY);
+}
+
 /* ---------------------------------------------------------------- batches */
 
-int ar_put_many(ar_queue *q, uint32_t e, const ar_iovec *msgs, size_t n, uint64_t deadline, uint64_t *ids,
-                size_t *done) {
+int ar_put_many(ar_queue *q, uint32_t e, const ar_iovec *msgs, size_t n, uint64_t deadline, uint64_t ttl_ns,
+                uint64_t *ids, size_t *done) {
     if (e >= q->max_clients)
         return AR_INVAL;
     /* Check the whole batch first: a too-long message anywhere means nothing is written. */
@@ -923,7 +1212,7 @@ int ar_put_many(ar_queue *q, uint32_t e, const ar_iovec *msgs, size_t n, uint64_
             return AR_TOOBIG;
     while (*done < n) {
         size_t i = *done;
-        int rc = ar_put(q, e, msgs[i].data, msgs[i].len, deadline, &ids[i]);
+        int rc = ar_put(q, e, msgs[i].data, msgs[i].len, deadline, ttl_ns, &ids[i]);
         if (rc != AR_OK)
             return rc;
         *done = i + 1;
@@ -931,15 +1220,16 @@ int ar_put_many(ar_queue *q, uint32_t e, const ar_iovec *msgs, size_t n, uint64_
     return AR_OK;
 }
 
-int ar_get_many(ar_queue *q, uint32_t e, ar_delivery *ds, size_t n, uint64_t deadline, size_t *got) {
+int ar_get_many(ar_queue *q, uint32_t e, ar_delivery *ds, size_t n, uint64_t deadline, uint64_t lease_ns,
+                size_t *got) {
     *got = 0;
     if (n == 0)
         return AR_OK;
-    int rc = ar_get(q, e, &ds[0], deadline);
+    int rc = ar_get(q, e, &ds[0], deadline, lease_ns);
     if (rc != AR_OK)
         return rc;
     size_t k = 1;
-    while (k < n && (rc = try_get(q, e, &ds[k])) == AR_OK)
+    while (k < n && (rc = try_get(q, e, &ds[k], lease_ns)) == AR_OK)
         k++;
     *got = k;
     return (rc == AR_OK || rc == AR_EMPTY) ? AR_OK : rc;
@@ -949,14 +1239,12 @@ int ar_ack_many(ar_queue *q, uint32_t e, const ar_delivery *ds, size_t n, int *r
     uint64_t acked = 0;
     for (size_t i = 0; i < n; i++) {
         HOOK(H_ACK_BEFORE);
-        rcs[i] = settle(q, e, &ds[i],
-                        AR_WORD(AR_S_FREE, AR_NO_OWNER, AR_W_GEN(ds[i].word), AR_W_LAP(ds[i].word)));
+        rcs[i] = settle(q, e, &ds[i], free_word(&ds[i], AR_OUT_ACKED));
         acked += rcs[i] == AR_OK;
     }
     if (acked) {
         HOOK(H_ACK_AFTER);
         count(q, e, CNT_ACKED, acked);
-        FADD(&q->hdr->settle_seq, acked, RLX);
         wake_producers(q);
     }
     return AR_OK;
@@ -998,7 +1286,7 @@ static ar_slot *reserved_slot(ar_queue *q, uint32_t e, uint64_t pos) {
     return s;
 }
 
-int ar_commit(ar_queue *q, uint32_t e, uint64_t pos, size_t len) {
+int ar_commit(ar_queue *q, uint32_t e, uint64_t pos, size_t len, uint64_t ttl_ns) {
     if (e >= q->max_clients)
         return AR_INVAL;
     if (len > q->message_size)
@@ -1006,7 +1294,7 @@ int ar_commit(ar_queue *q, uint32_t e, uint64_t pos, size_t len) {
     ar_slot *s = reserved_slot(q, e, pos);
     if (!s)
         return AR_STALE;
-    return publish(q, e, pos, s, (uint32_t)len);
+    return publish(q, e, pos, s, (uint32_t)len, ttl_ns);
 }
 
 int ar_abort(ar_queue *q, uint32_t e, uint64_t pos) {
@@ -1018,7 +1306,7 @@ int ar_abort(ar_queue *q, uint32_t e, uint64_t pos) {
     uint64_t exp = AR_WORD(AR_S_WRITING, e, 0, lap_of(q, pos));
     /* Discard, exactly as reclaim discards a dead writer's slot: consumers
      * step over a FREE slot of the current lap. seq_cst: Dekker with sleepers. */
-    if (!CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_NO_OWNER, 0, lap_of(q, pos)), SEQ, RLX))
+    if (!CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, 0, lap_of(q, pos)), SEQ, RLX))
         return AR_STALE;
     count(q, e, CNT_DISCARDED, 1);
     wake_consumers(q);
@@ -1045,6 +1333,7 @@ int ar_inspect_header(const ar_queue *q, ar_header_raw *o) {
     o->reclaim_lock = LOAD(&h->reclaim_lock, ACQ);
     o->consumers_waiting = LOAD(&h->consumers_waiting, ACQ);
     o->producers_waiting = LOAD(&h->producers_waiting, ACQ);
+    o->leases_seen = LOAD(&h->leases_seen, RLX);
     return AR_OK;
 }
 
@@ -1097,6 +1386,13 @@ int ar_stats_read(const ar_queue *q, ar_stats *st) {
     st->nacked = c[CNT_NACKED];
     st->redelivered = c[CNT_REDELIVERED];
     st->discarded = c[CNT_DISCARDED];
+    st->dropped = c[CNT_DROPPED];
+    st->rejected = c[CNT_DL_REJECTED];
+    st->dl_delivery_limit = c[CNT_DL_LIMIT];
+    st->dl_expired = c[CNT_DL_EXPIRED];
+    st->dl_lease_expired = c[CNT_DL_LEASE];
+    st->lease_expired = c[CNT_LEASE_EXPIRED];
+    st->dlq_dropped = c[CNT_DLQ_DROPPED];
     st->capacity = q->capacity;
     st->message_size = q->message_size;
     st->max_clients = q->max_clients;

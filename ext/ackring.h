@@ -54,6 +54,19 @@ enum {
     AR_S_DELIVERED = 3  /* held by consumer `owner` under generation `gen`            */
 };
 #define AR_NO_OWNER 0xFFFu
+
+/* A FREE word's owner field records how the message there was settled, so a
+ * producer can learn it (ar_wait_settled) until the slot is reused. */
+enum {
+    AR_OUT_ACKED = 0,
+    AR_OUT_DROPPED = 1,       /* nack(requeue=False)/reject without a dead-letter queue */
+    AR_OUT_DEAD = 2,          /* + AR_DL_* reason: dead-lettered */
+    AR_OUT_DISCARDED = 0xFFE, /* never published (dead writer, aborted reservation) */
+    AR_OUT_NONE = 0xFFF       /* never used */
+};
+/* Dead-letter reasons */
+enum { AR_DL_REJECTED = 1, AR_DL_DELIVERY_LIMIT = 2, AR_DL_EXPIRED = 3, AR_DL_LEASE_EXPIRED = 4 };
+#define AR_DEATH_SIZE 40
 #define AR_MAX_CLIENTS 4095u
 
 #define AR_W_STATE(w) ((uint32_t)((w) & 0xFu))
@@ -68,7 +81,7 @@ enum {
 #define AR_VERSION 1u
 #define AR_MAX_MESSAGE_SIZE (1u << 30)   /* 1 GiB: beyond it a message is "absurd" */
 #define AR_MAX_CAPACITY (1u << 24)
-#define AR_NAME_MAX 200
+#define AR_NAME_MAX 204 /* 200 for a queue, plus ".dlq" for its dead-letter queue */
 
 /* ---- roles of a process-table entry */
 enum { AR_ROLE_PRODUCER = 1, AR_ROLE_CONSUMER = 2, AR_ROLE_OBSERVER = 3 };
@@ -81,10 +94,21 @@ typedef struct ar_delivery {
     uint32_t len;        /* payload length, bounds-checked against message_size */
     uint32_t delivery_count;
     uint64_t publish_ns; /* CLOCK_REALTIME at publish                           */
+    /* on a dead-letter queue: the death record (data/len are then the original body) */
+    uint64_t dead_original_id, dead_queue_id, dead_publish_ns, dead_ns;
+    uint32_t dead_reason, dead_delivery_count;
 } ar_delivery;
 
+typedef struct ar_config {
+    uint32_t max_deliveries; /* 0 = unlimited */
+    uint32_t is_dlq;         /* a dead-letter queue: messages carry an ar_death header */
+    uint64_t default_ttl_ns; /* 0 = none */
+    uint64_t ack_timeout_ns; /* 0 = none */
+} ar_config;
+
 typedef struct ar_stats {
-    uint64_t depth, in_flight, published, acked, nacked, redelivered, discarded;
+    uint64_t depth, in_flight, published, acked, nacked, redelivered, discarded, dropped;
+    uint64_t rejected, dl_delivery_limit, dl_expired, dl_lease_expired, lease_expired, dlq_dropped;
     uint32_t producers, consumers, capacity, message_size, max_clients;
     uint64_t head, tail, requeued_hint;
 } ar_stats;
@@ -100,7 +124,11 @@ typedef struct ar_queue ar_queue; /* process-local handle; never shared */
 
 /* Segment life */
 int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t message_size,
-              uint32_t max_clients, int mode, ar_queue **out);
+              uint32_t max_clients, int mode, const ar_config *cfg, ar_queue **out);
+void ar_get_config(const ar_queue *q, ar_config *cfg);
+/* Give q this process's handle on its dead-letter queue and our producer
+ * entry there; messages dead-lettered by this process go to it.  NULL detaches. */
+void ar_attach_dlq(ar_queue *q, ar_queue *dlq, uint32_t dlq_entry);
 int ar_open(const char *dir, const char *name, ar_queue **out);
 int ar_unlink(const char *dir, const char *name);
 void ar_close(ar_queue *q); /* munmap + free; caller guarantees no borrowed pointers remain */
@@ -129,11 +157,28 @@ int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t p
  * (AR_WAIT_SLICE_NS) and returns AR_AGAIN so the caller can check signals. */
 #define AR_WAIT_SLICE_NS 50000000ull
 #define AR_NO_DEADLINE UINT64_MAX
+/* ttl_ns: 0 = the queue's default; the lower of the two wins. */
 int ar_put(ar_queue *q, uint32_t entry, const void *data, size_t len, uint64_t deadline_ns,
-           uint64_t *id);
-int ar_get(ar_queue *q, uint32_t entry, ar_delivery *d, uint64_t deadline_ns);
+           uint64_t ttl_ns, uint64_t *id);
+/* lease_ns: how long the delivery may stay unsettled before the lease scan
+ * takes it back (0 = the queue's ack_timeout, UINT64_MAX = none).  Messages
+ * over the delivery limit or past their TTL are dead-lettered on the way and
+ * never handed out. */
+int ar_get(ar_queue *q, uint32_t entry, ar_delivery *d, uint64_t deadline_ns, uint64_t lease_ns);
 int ar_ack(ar_queue *q, uint32_t entry, const ar_delivery *d);
+/* requeue=0 dead-letters with reason "rejected" (drops it on a DLQ). */
 int ar_nack(ar_queue *q, uint32_t entry, const ar_delivery *d, int requeue);
+/* Lengthen a delivery's lease to now + lease_ns; AR_STALE if it was taken back. */
+int ar_extend(ar_queue *q, uint32_t entry, const ar_delivery *d, uint64_t lease_ns);
+/* Take back every delivery whose lease ran out: requeued, or dead-lettered
+ * (reason lease_expired) when it used its last allowed delivery.  Run by the
+ * reclaim pass; `entry` is the caller's own.  *n gets the number taken back. */
+int ar_expire_leases(ar_queue *q, uint32_t entry, uint32_t *n);
+/* The settlement of message `id`: AR_OK with *outcome (AR_OUT_*), AR_EMPTY if
+ * it is not settled yet (waits up to the deadline, one slice at a time:
+ * AR_AGAIN), AR_INVAL if no such message was ever published.  AR_OUT_NONE
+ * when the slot has been reused since: settled, outcome no longer known. */
+int ar_wait_settled(ar_queue *q, uint32_t entry, uint64_t id, uint64_t deadline_ns, uint32_t *outcome);
 /* Batches: one call per batch.  put_many stores msgs[*done..n) in order and
  * advances *done; it returns AR_OK when all are stored, else what stopped it
  * (AR_FULL at the deadline, AR_AGAIN after a slice: call again to go on).
@@ -145,9 +190,9 @@ typedef struct ar_iovec {
     size_t len;
 } ar_iovec;
 int ar_put_many(ar_queue *q, uint32_t entry, const ar_iovec *msgs, size_t n, uint64_t deadline_ns,
-                uint64_t *ids, size_t *done);
+                uint64_t ttl_ns, uint64_t *ids, size_t *done);
 int ar_get_many(ar_queue *q, uint32_t entry, ar_delivery *ds, size_t n, uint64_t deadline_ns,
-                size_t *got);
+                uint64_t lease_ns, size_t *got);
 int ar_ack_many(ar_queue *q, uint32_t entry, const ar_delivery *ds, size_t n, int *rcs);
 
 /* Zero-copy send ("loan"): reserve claims the slot at tail in WRITING state
@@ -156,7 +201,7 @@ int ar_ack_many(ar_queue *q, uint32_t entry, const ar_delivery *ds, size_t n, in
  * reservation, so keep it short.  A producer that dies holding one is
  * repaired like any half-written put. */
 int ar_reserve(ar_queue *q, uint32_t entry, uint64_t deadline_ns, uint64_t *pos, unsigned char **buf);
-int ar_commit(ar_queue *q, uint32_t entry, uint64_t pos, size_t len);
+int ar_commit(ar_queue *q, uint32_t entry, uint64_t pos, size_t len, uint64_t ttl_ns);
 int ar_abort(ar_queue *q, uint32_t entry, uint64_t pos);
 
 int ar_stats_read(const ar_queue *q, ar_stats *st);
@@ -165,7 +210,7 @@ int ar_stats_read(const ar_queue *q, ar_stats *st);
 typedef struct ar_header_raw {
     uint64_t magic, queue_id, total_size, head, tail, requeued, reclaim_lock;
     uint32_t version, header_size, capacity, message_size, slot_size, max_clients;
-    uint32_t consumers_waiting, producers_waiting;
+    uint32_t consumers_waiting, producers_waiting, leases_seen;
 } ar_header_raw;
 typedef struct ar_slot_raw {
     uint64_t word, id;

@@ -20,8 +20,10 @@ from ._errors import (  # noqa: F401
     Full,
     IncompatibleQueue,
     MessageTooLarge,
+    PrefetchExceeded,
     QueueClosed,
     QueueNotFound,
+    Receipt,
     StaleDelivery,
     TooManyClients,
 )
@@ -36,12 +38,16 @@ __all__ = [
     "create", "open", "unlink", "Queue", "Producer", "Consumer", "Message", "Reservation",
     "Error", "Empty", "Full", "QueueNotFound", "MessageTooLarge", "IncompatibleQueue",
     "CorruptedQueue", "StaleDelivery", "AlreadySettled", "QueueClosed", "TooManyClients",
+    "PrefetchExceeded", "Receipt",
 ]
 
 DEFAULT_DIR = "/dev/shm"
 #: Seconds between the watchdog's reclaim passes (see Queue.watchdog).
 DEFAULT_WATCHDOG_INTERVAL = 0.1
-_MAX_MESSAGE_SIZE = 1 << 30
+DLQ_SUFFIX = ".dlq"
+DEFAULT_MAX_DELIVERIES = 20   # as RabbitMQ quorum queues
+_DEATH_SIZE = 40              # bytes of dead-letter header in every DLQ slot (ext/ackring.h)
+_MAX_MESSAGE_SIZE = (1 << 30) - _DEATH_SIZE
 _MAX_CAPACITY = 1 << 24
 
 
@@ -50,13 +56,17 @@ def _directory():
     return _os.environ.get("ACKRING_DIR") or DEFAULT_DIR
 
 
-def _check_name(name):
+def _check_name(name, creating=False):
     if not isinstance(name, str):
         raise TypeError("queue name must be a str, not %s" % type(name).__name__)
-    if not Segment.valid_name(name):
+    limit = 200 + (len(DLQ_SUFFIX) if name.endswith(DLQ_SUFFIX) and not creating else 0)
+    if len(name) > limit or not Segment.valid_name(name):
         raise ValueError(
             "bad queue name %r: use 1 to 200 characters from [A-Za-z0-9._-], not starting with '.'"
             % (name,))
+    if creating and name.endswith(DLQ_SUFFIX):
+        raise ValueError("bad queue name %r: names ending in %r are the dead-letter queues'"
+                         % (name, DLQ_SUFFIX))
 
 
 def _int_arg(value, what):
@@ -82,6 +92,7 @@ class Queue:
         self._clients = _weakref.WeakSet()
         self._watchdog_interval = watchdog
         self._watchdog = None
+        self._dead_letters = None
         _open_queues.add(self)
 
     # ---- identity
@@ -90,6 +101,17 @@ class Queue:
     message_size = property(lambda self: self._seg.message_size)
     queue_id = property(lambda self: self._seg.queue_id)
     closed = property(lambda self: self._seg.closed)
+    config = property(lambda self: self._seg.config,
+                      doc="Delivery rules fixed at creation: max_deliveries, ttl, ack_timeout.")
+
+    @property
+    def dead_letters(self):
+        """The dead-letter queue ``<name>.dlq`` (a Queue; consume it like any
+        other: its messages carry ``m.death``).  None for a dead-letter queue
+        itself, or when it was removed."""
+        if self._dead_letters is None and self._seg.dlq is not None:
+            self._dead_letters = Queue(self._seg.dlq, watchdog=None)
+        return self._dead_letters
 
     @property
     def path(self):
@@ -120,9 +142,14 @@ class Queue:
         self._start_watchdog()
         return p
 
-    def consumer(self):
-        """A new Consumer; closing it requeues whatever it still holds unsettled."""
-        c = Consumer(self._seg)
+    def consumer(self, prefetch=None, ack_timeout=None):
+        """A new Consumer; closing it requeues whatever it still holds unsettled.
+
+        ``prefetch``: at most this many unsettled messages at a time (get()
+        past it raises PrefetchExceeded at once).  ``ack_timeout``: seconds a
+        delivery may stay unsettled before it is taken back and redelivered
+        (default: the queue's ack_timeout)."""
+        c = Consumer(self._seg, prefetch, ack_timeout)
         self._clients.add(c)
         self._start_watchdog()
         return c
@@ -163,6 +190,8 @@ class Queue:
             return
         if self._watchdog is not None:
             self._watchdog.stop()
+        if self._dead_letters is not None:
+            self._dead_letters.close()
         for c in list(self._clients):
             c.close()
         self._seg.close()
@@ -201,11 +230,20 @@ def _close_all():
             pass
 
 
+def _opened_new(segment, watchdog):
+    return Queue(segment, watchdog)
+
+
 def _reopen(name, directory, watchdog=DEFAULT_WATCHDOG_INTERVAL):
     return _opened(Segment.open(directory, name), watchdog)
 
 
 def _opened(segment, watchdog):
+    if not segment.is_dlq:
+        try:
+            segment.attach_dlq(Segment.open(segment.directory, segment.name + DLQ_SUFFIX))
+        except QueueNotFound:
+            pass  # removed by hand: dead letters are dropped, and counted (stats "dropped")
     q = Queue(segment, watchdog)
     # Opening a queue whose processes have all died recovers it.
     if segment.clients():
@@ -213,18 +251,39 @@ def _opened(segment, watchdog):
     return q
 
 
+def _check_capacity(capacity, what="capacity"):
+    capacity = _int_arg(capacity, what)
+    if capacity < 2 or capacity > _MAX_CAPACITY or capacity & (capacity - 1):
+        raise ValueError("%s must be a power of two from 2 to %d, not %d" % (what, _MAX_CAPACITY, capacity))
+    return capacity
+
+
 def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600, max_clients=256,
+           max_deliveries=DEFAULT_MAX_DELIVERIES, ttl=None, ack_timeout=None, dead_letter_capacity=None,
            watchdog=DEFAULT_WATCHDOG_INTERVAL):
     """Create queue `name` with `capacity` slots (a power of two, >= 2) of up to
-    `message_size` bytes each.  FileExistsError if it exists, unless
-    exist_ok=True, which opens it (IncompatibleQueue if its geometry differs)."""
-    _check_name(name)
-    capacity = _int_arg(capacity, "capacity")
+    `message_size` bytes each, and its dead-letter queue `name.dlq`.
+
+    max_deliveries: a message is dead-lettered (reason "delivery_limit")
+    instead of being delivered more often than this (None: unlimited).
+    ttl: seconds a message may wait undelivered (reason "expired").
+    ack_timeout: seconds a delivery may stay unsettled before it is taken
+    back and redelivered (None: no lease).  dead_letter_capacity: slots of
+    the dead-letter queue (default: capacity).
+
+    FileExistsError if it exists, unless exist_ok=True, which opens it
+    (IncompatibleQueue if its geometry differs)."""
+    _check_name(name, creating=True)
+    capacity = _check_capacity(capacity)
+    dlq_capacity = capacity if dead_letter_capacity is None else _check_capacity(
+        dead_letter_capacity, "dead_letter_capacity")
     message_size = _int_arg(message_size, "message_size")
     max_clients = _int_arg(max_clients, "max_clients")
     mode = _int_arg(mode, "mode")
-    if capacity < 2 or capacity > _MAX_CAPACITY or capacity & (capacity - 1):
-        raise ValueError("capacity must be a power of two from 2 to %d, not %d" % (_MAX_CAPACITY, capacity))
+    if max_deliveries is not None:
+        max_deliveries = _int_arg(max_deliveries, "max_deliveries")
+        if not 1 <= max_deliveries <= 0xFFFF:
+            raise ValueError("max_deliveries must be None or from 1 to 65535, not %d" % max_deliveries)
     if not 1 <= message_size <= _MAX_MESSAGE_SIZE:
         raise ValueError("message_size must be from 1 to %d bytes, not %d" % (_MAX_MESSAGE_SIZE, message_size))
     if not 1 <= max_clients <= 4095:
@@ -232,11 +291,34 @@ def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600
     if not 0 <= mode <= 0o7777:
         raise ValueError("mode must be a permission mode like 0o600, not %o" % mode)
     directory = _directory()
+    # The dead-letter queue first: a crash between the two leaves a spare DLQ
+    # (reused by the next create), never a queue without one.
+    dlq_name = name + DLQ_SUFFIX
     try:
-        return Queue(Segment.create(directory, name, capacity, message_size, max_clients, mode), watchdog)
+        dlq = Segment.create(directory, dlq_name, dlq_capacity, message_size + _DEATH_SIZE, max_clients,
+                             mode, 0, None, None, True)
+        made_dlq = True
     except FileExistsError:
+        dlq = Segment.open(directory, dlq_name)
+        made_dlq = False
+        if not dlq.is_dlq or dlq.message_size != message_size + _DEATH_SIZE:
+            dlq.close()
+            raise IncompatibleQueue("%r exists and is not the dead-letter queue this queue needs" % dlq_name)
+    try:
+        seg = Segment.create(directory, name, capacity, message_size, max_clients, mode,
+                             max_deliveries or 0, ttl, ack_timeout, False)
+    except FileExistsError:
+        dlq.close()
         if not exist_ok:
             raise FileExistsError("queue %r exists (pass exist_ok=True to open it)" % name) from None
+    except BaseException:
+        dlq.close()
+        if made_dlq:
+            Segment.unlink(directory, dlq_name)
+        raise
+    else:
+        seg.attach_dlq(dlq)
+        return _opened_new(seg, watchdog)
     q = open(name, watchdog=watchdog)
     if q.capacity != capacity or q.message_size != message_size:
         q.close()
@@ -255,10 +337,18 @@ def open(name, *, watchdog=DEFAULT_WATCHDOG_INTERVAL):  # noqa: A001 - as os.ope
 
 
 def unlink(name, missing_ok=False):
-    """Remove queue `name`.  Processes that have it open keep their mapping."""
+    """Remove queue `name` and its dead-letter queue.  Processes that have
+    them open keep their mappings."""
     _check_name(name)
+    directory = _directory()
     try:
-        Segment.unlink(_directory(), name)
+        Segment.unlink(directory, name)
     except QueueNotFound:
         if not missing_ok:
             raise
+    finally:
+        if not name.endswith(DLQ_SUFFIX):
+            try:
+                Segment.unlink(directory, name + DLQ_SUFFIX)
+            except QueueNotFound:
+                pass

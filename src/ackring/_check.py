@@ -12,6 +12,8 @@ AR_MAGIC = 0x474E49524B434121
 STATE_NAMES = {0: "FREE", 1: "WRITING", 2: "READY", 3: "DELIVERED"}
 CLIENT_STATES = {0: "FREE", 1: "CLAIMING", 2: "ACTIVE", 3: "DEAD"}
 NO_OWNER = 0xFFF
+# A FREE word's owner field records how the slot's message was settled (AR_OUT_* in ext/ackring.h).
+FREE_OUTCOMES = {0, 1, 3, 4, 5, 6, 0xFFE, 0xFFF}
 WAIT_CONSUMER, WAIT_PRODUCER = 1, 2
 
 
@@ -80,8 +82,10 @@ def check_segment(seg):
             elif owner in dead:
                 problems.append("slot %d: %s by dead client %d: reclaim will %s it"
                                 % (i, name, owner, "redeliver" if state == 3 else "discard"))
-        elif owner != NO_OWNER:
-            problems.append("slot %d: %s but names owner %d" % (i, name, owner))
+        elif state == 0 and owner not in FREE_OUTCOMES:
+            problems.append("slot %d: FREE with unknown settle outcome %d" % (i, owner))
+        elif state == 2 and owner != NO_OWNER:
+            problems.append("slot %d: READY but names owner %d" % (i, owner))
         if state in (2, 3):
             if length > msz:
                 problems.append("slot %d: length %d exceeds message_size %d" % (i, length, msz))

@@ -5,6 +5,7 @@ exception a Python user would already catch (``queue.Empty``, ``ValueError``,
 ``FileNotFoundError`` ...).
 """
 import queue as _queue
+from collections import namedtuple as _namedtuple
 
 __all__ = [
     "Error",
@@ -18,6 +19,8 @@ __all__ = [
     "AlreadySettled",
     "QueueClosed",
     "TooManyClients",
+    "PrefetchExceeded",
+    "Receipt",
 ]
 
 
@@ -72,3 +75,15 @@ class QueueClosed(Error, ValueError):
 
 class TooManyClients(Error):
     """The queue's process table has no free entry (see ``max_clients``)."""
+
+
+class PrefetchExceeded(Error, RuntimeError):
+    """get() past the consumer's prefetch limit: settle a message first."""
+
+
+Receipt = _namedtuple("Receipt", "id outcome reason")
+Receipt.__doc__ = """How a message was settled (Producer.wait_acked).
+
+outcome: "acked", "dead_lettered" (reason: "rejected", "delivery_limit",
+"expired", "lease_expired"), "dropped", or "settled" when the slot was reused
+before the receipt was read (settled; how is no longer recorded)."""

@@ -23,6 +23,7 @@ import os as _os
 
 from ackring import _errors as E
 from ackring import _liveness
+from ackring._errors import Receipt
 
 cdef extern from "ackring.h" nogil:
     enum:
@@ -32,6 +33,15 @@ cdef extern from "ackring.h" nogil:
         AR_ROLE_PRODUCER, AR_ROLE_CONSUMER, AR_ROLE_OBSERVER
     enum:
         AR_S_FREE, AR_S_WRITING, AR_S_READY, AR_S_DELIVERED
+    enum:
+        AR_OUT_ACKED, AR_OUT_DROPPED, AR_OUT_DEAD, AR_OUT_DISCARDED, AR_OUT_NONE
+    enum:
+        AR_DL_REJECTED, AR_DL_DELIVERY_LIMIT, AR_DL_EXPIRED, AR_DL_LEASE_EXPIRED
+    ctypedef struct ar_config:
+        uint32_t max_deliveries
+        uint32_t is_dlq
+        uint64_t default_ttl_ns
+        uint64_t ack_timeout_ns
     ctypedef struct ar_queue:
         pass
     ctypedef struct ar_delivery:
@@ -41,8 +51,11 @@ cdef extern from "ackring.h" nogil:
         uint32_t len
         uint32_t delivery_count
         uint64_t publish_ns
+        uint64_t dead_original_id, dead_queue_id, dead_publish_ns, dead_ns
+        uint32_t dead_reason, dead_delivery_count
     ctypedef struct ar_stats:
-        uint64_t depth, in_flight, published, acked, nacked, redelivered, discarded
+        uint64_t depth, in_flight, published, acked, nacked, redelivered, discarded, dropped
+        uint64_t rejected, dl_delivery_limit, dl_expired, dl_lease_expired, lease_expired, dlq_dropped
         uint32_t producers, consumers, capacity, message_size, max_clients
         uint64_t head, tail, requeued_hint
     ctypedef struct ar_client_info:
@@ -52,7 +65,9 @@ cdef extern from "ackring.h" nogil:
     uint64_t AR_WAIT_SLICE_NS
 
     int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t message_size,
-                  uint32_t max_clients, int mode, ar_queue **out)
+                  uint32_t max_clients, int mode, const ar_config *cfg, ar_queue **out)
+    void ar_get_config(const ar_queue *q, ar_config *cfg)
+    void ar_attach_dlq(ar_queue *q, ar_queue *dlq, uint32_t dlq_entry)
     int ar_open(const char *dir, const char *name, ar_queue **out)
     int ar_unlink(const char *dir, const char *name)
     void ar_close(ar_queue *q)
@@ -68,8 +83,11 @@ cdef extern from "ackring.h" nogil:
     int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t pid,
                          uint64_t start_time, uint32_t *repaired)
     int ar_put(ar_queue *q, uint32_t entry, const void *data, size_t len, uint64_t deadline_ns,
-               uint64_t *id)
-    int ar_get(ar_queue *q, uint32_t entry, ar_delivery *d, uint64_t deadline_ns)
+               uint64_t ttl_ns, uint64_t *id)
+    int ar_get(ar_queue *q, uint32_t entry, ar_delivery *d, uint64_t deadline_ns, uint64_t lease_ns)
+    int ar_extend(ar_queue *q, uint32_t entry, const ar_delivery *d, uint64_t lease_ns)
+    int ar_expire_leases(ar_queue *q, uint32_t entry, uint32_t *n)
+    int ar_wait_settled(ar_queue *q, uint32_t entry, uint64_t id, uint64_t deadline_ns, uint32_t *outcome)
     int ar_ack(ar_queue *q, uint32_t entry, const ar_delivery *d)
     int ar_nack(ar_queue *q, uint32_t entry, const ar_delivery *d, int requeue)
     int ar_stats_read(const ar_queue *q, ar_stats *st)
@@ -78,17 +96,17 @@ cdef extern from "ackring.h" nogil:
         const void *data
         size_t len
     int ar_put_many(ar_queue *q, uint32_t entry, const ar_iovec *msgs, size_t n, uint64_t deadline_ns,
-                    uint64_t *ids, size_t *done)
+                    uint64_t ttl_ns, uint64_t *ids, size_t *done)
     int ar_get_many(ar_queue *q, uint32_t entry, ar_delivery *ds, size_t n, uint64_t deadline_ns,
-                    size_t *got)
+                    uint64_t lease_ns, size_t *got)
     int ar_ack_many(ar_queue *q, uint32_t entry, const ar_delivery *ds, size_t n, int *rcs)
     int ar_reserve(ar_queue *q, uint32_t entry, uint64_t deadline_ns, uint64_t *pos, unsigned char **buf)
-    int ar_commit(ar_queue *q, uint32_t entry, uint64_t pos, size_t len)
+    int ar_commit(ar_queue *q, uint32_t entry, uint64_t pos, size_t len, uint64_t ttl_ns)
     int ar_abort(ar_queue *q, uint32_t entry, uint64_t pos)
     ctypedef struct ar_header_raw:
         uint64_t magic, queue_id, total_size, head, tail, requeued, reclaim_lock
         uint32_t version, header_size, capacity, message_size, slot_size, max_clients
-        uint32_t consumers_waiting, producers_waiting
+        uint32_t consumers_waiting, producers_waiting, leases_seen
     ctypedef struct ar_slot_raw:
         uint64_t word, id
         uint32_t len
@@ -159,6 +177,25 @@ cdef bytes _copy_out(const unsigned char *data, uint32_t n):
     return b
 
 
+cdef uint64_t _duration_ns(object seconds, str what) except? 0:
+    """None -> 0 (not set); a positive number of seconds -> nanoseconds."""
+    cdef double t
+    if seconds is None:
+        return 0
+    t = seconds   # TypeError for non-numbers
+    if not (t > 0) or t > 1e9:
+        raise ValueError("%s must be None or a number of seconds > 0, not %r" % (what, seconds))
+    return <uint64_t>(t * 1e9) or 1
+
+
+_OUTCOMES = {AR_OUT_ACKED: ("acked", None), AR_OUT_DROPPED: ("dropped", None),
+             AR_OUT_DISCARDED: ("discarded", None), AR_OUT_NONE: ("settled", None)}
+REASONS = {AR_DL_REJECTED: "rejected", AR_DL_DELIVERY_LIMIT: "delivery_limit",
+           AR_DL_EXPIRED: "expired", AR_DL_LEASE_EXPIRED: "lease_expired"}
+for _code, _reason in REASONS.items():
+    _OUTCOMES[AR_OUT_DEAD + _code] = ("dead_lettered", _reason)
+
+
 cdef uint64_t _deadline(object timeout) except? 1:
     """None -> no deadline; 0 -> do not wait; else an absolute CLOCK_MONOTONIC time."""
     cdef double t
@@ -188,6 +225,9 @@ cdef class Segment:
     cdef unsigned long observer_gen
     cdef bint has_observer
     cdef uint64_t last_reclaim_ns
+    cdef readonly Segment dlq        # the dead-letter queue's segment, once attached
+    cdef uint32_t dlq_entry          # our (observer) entry in it
+    cdef unsigned long dlq_gen
     cdef object __weakref__
 
     def __cinit__(self):
@@ -201,11 +241,17 @@ cdef class Segment:
 
     @staticmethod
     def create(str directory, str name, uint32_t capacity, uint32_t message_size,
-               uint32_t max_clients, int mode):
+               uint32_t max_clients, int mode, uint32_t max_deliveries=0, ttl=None,
+               ack_timeout=None, bint is_dlq=False):
         cdef Segment s = Segment.__new__(Segment)
         cdef bytes d = _os.fsencode(directory), n = name.encode("ascii")
         cdef int rc
-        rc = ar_create(d, n, capacity, message_size, max_clients, mode, &s.q)
+        cdef ar_config cfg
+        cfg.max_deliveries = max_deliveries
+        cfg.is_dlq = is_dlq
+        cfg.default_ttl_ns = _duration_ns(ttl, "ttl")
+        cfg.ack_timeout_ns = _duration_ns(ack_timeout, "ack_timeout")
+        rc = ar_create(d, n, capacity, message_size, max_clients, mode, &cfg, &s.q)
         if rc != AR_OK:
             raise _error(rc, name if rc != AR_NOTFOUND else directory, errno)
         s.name, s.directory, s.closed = name, directory, False
@@ -245,9 +291,47 @@ cdef class Segment:
 
     def close(self):
         # The mapping itself goes with the last reference (see class docstring).
-        if not self.closed and self.has_observer and self.observer_gen == _fork_gen:
-            ar_unregister(self.q, self.observer)
+        if not self.closed:
+            if self.has_observer and self.observer_gen == _fork_gen:
+                ar_unregister(self.q, self.observer)
+            if self.dlq is not None:
+                if self.dlq_gen == _fork_gen and not self.dlq.closed:
+                    ar_unregister(self.dlq.q, self.dlq_entry)
+                ar_attach_dlq(self.q, NULL, 0)
         self.closed = True
+
+    property config:
+        """The delivery rules fixed at creation."""
+        def __get__(self):
+            cdef ar_config c
+            ar_get_config(self.q, &c)
+            return {"max_deliveries": c.max_deliveries or None,
+                    "ttl": c.default_ttl_ns / 1e9 if c.default_ttl_ns else None,
+                    "ack_timeout": c.ack_timeout_ns / 1e9 if c.ack_timeout_ns else None,
+                    "is_dead_letter_queue": bool(c.is_dlq)}
+
+    property is_dlq:
+        def __get__(self):
+            cdef ar_config c
+            ar_get_config(self.q, &c)
+            return bool(c.is_dlq)
+
+    def attach_dlq(self, Segment dlq):
+        """Dead letters of this queue made by this process go to `dlq`."""
+        self.check()
+        dlq.check()
+        self.dlq = dlq
+        self.dlq_entry = dlq.register(AR_ROLE_OBSERVER)
+        self.dlq_gen = _fork_gen
+        ar_attach_dlq(self.q, dlq.q, self.dlq_entry)
+
+    cdef int refresh(self) except -1:
+        """After fork: take our own entry in the dead-letter queue."""
+        if self.dlq is not None and self.dlq_gen != _fork_gen and not self.dlq.closed:
+            self.dlq_entry = self.dlq.register(AR_ROLE_OBSERVER)
+            self.dlq_gen = _fork_gen
+            ar_attach_dlq(self.q, self.dlq.q, self.dlq_entry)
+        return 0
 
     property capacity:
         def __get__(self): return ar_capacity(self.q)
@@ -274,10 +358,16 @@ cdef class Segment:
         cdef ar_stats st
         self.check()
         ar_stats_read(self.q, &st)
+        dead = {"rejected": st.rejected, "delivery_limit": st.dl_delivery_limit,
+                "expired": st.dl_expired, "lease_expired": st.dl_lease_expired}
         return {
             "depth": st.depth, "in_flight": st.in_flight, "published": st.published,
             "acked": st.acked, "nacked": st.nacked, "redelivered": st.redelivered,
-            "discarded": st.discarded, "producers": st.producers, "consumers": st.consumers,
+            "rejected": st.rejected, "dead_lettered": dead,
+            "dead_lettered_total": sum(dead.values()), "expired": st.dl_expired,
+            "lease_expired": st.lease_expired, "dropped": st.dropped,
+            "dlq_dropped": st.dlq_dropped, "discarded": st.discarded,
+            "producers": st.producers, "consumers": st.consumers,
             "capacity": st.capacity, "message_size": st.message_size,
             "max_clients": st.max_clients, "head": st.head, "tail": st.tail,
         }
@@ -293,6 +383,11 @@ cdef class Segment:
             if ci.state != 0:
                 out.append((ci.index, ci.state, ci.role, ci.pid, ci.start_time))
         return out
+
+    cdef bint leases_in_use(self):
+        cdef ar_header_raw h
+        ar_inspect_header(self.q, &h)
+        return h.leases_seen != 0
 
     def raw_header(self):
         """A snapshot of the shared header, for check()."""
@@ -326,17 +421,23 @@ cdef class Segment:
         return w
 
     def reclaim(self):
-        """Repair what dead processes left behind; returns the number of slots repaired."""
+        """Repair what dead processes left behind, and take back deliveries
+        whose ack lease ran out; returns the number of slots repaired."""
         cdef uint32_t repaired = 0, total = 0
         cdef int rc
         self.check()
+        self.refresh()
         dead = _liveness.dead_entries(self.clients())
-        if not dead:
-            return 0
+        if self.dlq is not None and not self.dlq.closed:
+            total += self.dlq.reclaim()
+        if not dead and not self.leases_in_use():
+            return total
         if not self.has_observer or self.observer_gen != _fork_gen:
             self.observer = self.register(AR_ROLE_OBSERVER)
             self.observer_gen = _fork_gen
             self.has_observer = True
+        ar_expire_leases(self.q, self.observer, &repaired)
+        total += repaired
         for index, pid, start in dead:
             rc = ar_reclaim_entry(self.q, self.observer, index, pid, start, &repaired)
             if rc == AR_OK:
@@ -371,6 +472,7 @@ cdef class _Client:
         if self.gen != _fork_gen:  # we are a forked child: take an entry of our own
             self.entry = self.segment.register(self.role)
             self.gen = _fork_gen
+            self.segment.refresh()
         return 0
 
     def close(self):
@@ -395,7 +497,7 @@ cdef class Producer(_Client):
         self.entry = segment.register(AR_ROLE_PRODUCER)
         self.gen = _fork_gen
 
-    cdef uint64_t _put(self, object data, uint64_t deadline) except? 0xFFFFFFFFFFFFFFFF:
+    cdef uint64_t _put(self, object data, uint64_t deadline, uint64_t ttl_ns) except? 0xFFFFFFFFFFFFFFFF:
         cdef Py_buffer view
         cdef const char *ptr
         cdef Py_ssize_t n
@@ -418,16 +520,16 @@ cdef class Producer(_Client):
                                         % (n, ar_message_size(self.segment.q), self.segment.name))
             if n >= NOGIL_COPY_BYTES:
                 with nogil:
-                    rc = ar_put(self.segment.q, self.entry, ptr, n, 0, &mid)
+                    rc = ar_put(self.segment.q, self.entry, ptr, n, 0, ttl_ns, &mid)
             else:
-                rc = ar_put(self.segment.q, self.entry, ptr, n, 0, &mid)
+                rc = ar_put(self.segment.q, self.entry, ptr, n, 0, ttl_ns, &mid)
             if rc == AR_FULL and deadline != 0:
                 since = ar_now_ns()
                 while True:
                     # The buffer stays exported (or the bytes immutable) while
                     # the GIL is dropped, so ptr stays valid.
                     with nogil:
-                        rc = ar_put(self.segment.q, self.entry, ptr, n, deadline, &mid)
+                        rc = ar_put(self.segment.q, self.entry, ptr, n, deadline, ttl_ns, &mid)
                     if rc != AR_AGAIN:
                         break
                     self.segment.blocked(since)
@@ -439,14 +541,47 @@ cdef class Producer(_Client):
             raise _error(rc, "put to queue %r" % (self.segment.name,))
         return mid
 
-    def put(self, data, timeout=None):
+    def put(self, data, timeout=None, ttl=None):
         """Store one message; returns its id once it is visible to consumers
         (the publisher confirm).  Waits while the queue is full, up to
-        ``timeout`` seconds (None: no limit), then raises ackring.Full."""
+        ``timeout`` seconds (None: no limit), then raises ackring.Full.
+        ``ttl``: seconds after which it expires undelivered (the lower of
+        this and the queue's ttl wins)."""
         self.check()
-        return self._put(data, _deadline(timeout))
+        return self._put(data, _deadline(timeout), _duration_ns(ttl, "ttl"))
 
-    def put_many(self, messages, timeout=None):
+    def wait_acked(self, uint64_t message_id, timeout=None):
+        """Wait until message ``message_id`` is settled and say how: a Receipt
+        (id, outcome, reason) with outcome "acked", "dead_lettered" (reason
+        "rejected", "delivery_limit", "expired" or "lease_expired"), "dropped",
+        or "settled" when its slot was reused before we looked (settled, how
+        no longer recorded).  Raises TimeoutError at the timeout.  Waits on
+        the queue's futex, not by polling."""
+        cdef uint64_t deadline, since
+        cdef uint32_t outcome = 0
+        cdef int rc
+        self.check()
+        deadline = _deadline(timeout)
+        rc = ar_wait_settled(self.segment.q, self.entry, message_id, 0, &outcome)
+        if rc == AR_EMPTY and deadline != 0:
+            since = ar_now_ns()
+            while True:
+                with nogil:
+                    rc = ar_wait_settled(self.segment.q, self.entry, message_id, deadline, &outcome)
+                if rc != AR_AGAIN:
+                    break
+                self.segment.blocked(since)
+                self.check()
+        if rc == AR_EMPTY:
+            raise TimeoutError("message %d was not settled within %r s" % (message_id, timeout))
+        if rc == AR_INVAL:
+            raise ValueError("no message %d was ever published to queue %r" % (message_id, self.segment.name))
+        if rc != AR_OK:
+            raise _error(rc, "wait_acked(%d)" % message_id)
+        how, reason = _OUTCOMES.get(outcome, ("settled", None))
+        return Receipt(message_id, how, reason)
+
+    def put_many(self, messages, timeout=None, ttl=None):
         """Store several messages in order, in one C call; returns their ids.
         Every item is type- and size-checked before the first is written.
         ``timeout`` bounds the whole call; on Full, the exception's ``ids``
@@ -459,6 +594,7 @@ cdef class Producer(_Client):
         cdef uint64_t deadline, since
         cdef uint32_t limit
         cdef int rc
+        cdef uint64_t ttl_ns = _duration_ns(ttl, "ttl")
         self.check()
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
         deadline = _deadline(timeout)
@@ -487,12 +623,12 @@ cdef class Producer(_Client):
                 if vec[i].len > limit:
                     raise E.MessageTooLarge("item %d: a message of %d bytes exceeds message_size %d"
                                             % (i, vec[i].len, limit))
-            rc = ar_put_many(self.segment.q, self.entry, vec, n, 0, ids, &done)
+            rc = ar_put_many(self.segment.q, self.entry, vec, n, 0, ttl_ns, ids, &done)
             if rc == AR_FULL and deadline != 0:
                 since = ar_now_ns()
                 while True:
                     with nogil:
-                        rc = ar_put_many(self.segment.q, self.entry, vec, n, deadline, ids, &done)
+                        rc = ar_put_many(self.segment.q, self.entry, vec, n, deadline, ttl_ns, ids, &done)
                     if rc != AR_AGAIN:
                         break
                     self.segment.blocked(since)
@@ -511,7 +647,7 @@ cdef class Producer(_Client):
             PyMem_Free(ids)
             PyMem_Free(views)
 
-    def reserve(self, Py_ssize_t size=-1, timeout=None):
+    def reserve(self, Py_ssize_t size=-1, timeout=None, ttl=None):
         """Zero-copy send: claim a slot and write the message in place.
 
             with p.reserve(n) as buf:   # writable memoryview of n bytes
@@ -545,6 +681,7 @@ cdef class Producer(_Client):
             raise _error(rc, "reserve in queue %r" % (self.segment.name,))
         r = Reservation.__new__(Reservation)
         r.producer, r.pos, r.buf, r.size, r.gen = self, pos, buf, size, self.gen
+        r.ttl_ns = _duration_ns(ttl, "ttl")
         return r
 
 
@@ -555,6 +692,7 @@ cdef class Reservation:
     cdef unsigned char *buf
     cdef Py_ssize_t size
     cdef unsigned long gen
+    cdef uint64_t ttl_ns
     cdef readonly bint done
     cdef object view
 
@@ -593,7 +731,7 @@ cdef class Reservation:
             except BufferError:
                 pass  # the caller still holds slices of it; they point at a slot no longer ours
             self.view = None
-        rc = ar_commit(p.segment.q, p.entry, self.pos, length) if commit else ar_abort(p.segment.q, p.entry, self.pos)
+        rc = ar_commit(p.segment.q, p.entry, self.pos, length, self.ttl_ns) if commit else ar_abort(p.segment.q, p.entry, self.pos)
         self.done = True
         if rc != AR_OK:
             raise _error(rc, "%s reservation %d" % ("commit" if commit else "abort", self.pos))
@@ -622,20 +760,43 @@ cdef class Reservation:
 
 
 cdef class Consumer(_Client):
-    def __init__(self, Segment segment):
+    cdef readonly Py_ssize_t prefetch       # 0: unlimited
+    cdef readonly Py_ssize_t outstanding    # delivered to us, not yet settled
+    cdef uint64_t lease_ns                  # 0: the queue's ack_timeout
+
+    def __init__(self, Segment segment, prefetch=None, ack_timeout=None):
+        if prefetch is not None and (isinstance(prefetch, bool) or int(prefetch) < 1):
+            raise ValueError("prefetch must be None or an int >= 1, not %r" % (prefetch,))
+        self.prefetch = 0 if prefetch is None else int(prefetch)
+        self.lease_ns = _duration_ns(ack_timeout, "ack_timeout")
         self.segment = segment
         self.role = AR_ROLE_CONSUMER
         self.entry = segment.register(AR_ROLE_CONSUMER)
         self.gen = _fork_gen
 
+    def close(self):
+        """Release the process-table entry; unsettled deliveries are requeued."""
+        _Client.close(self)
+        self.outstanding = 0
+
+    cdef inline int allowance(self, Py_ssize_t n) except -1:
+        """How many of n more messages prefetch allows; raises at once if none."""
+        if self.prefetch == 0:
+            return n
+        if self.outstanding >= self.prefetch:
+            raise E.PrefetchExceeded(
+                "consumer holds %d unsettled message(s), its prefetch limit: settle one first"
+                % self.outstanding)
+        return min(n, self.prefetch - self.outstanding)
+
     cdef int _get(self, ar_delivery *d, uint64_t deadline) except -1:
-        cdef int rc = ar_get(self.segment.q, self.entry, d, 0)
+        cdef int rc = ar_get(self.segment.q, self.entry, d, 0, self.lease_ns)
         cdef uint64_t since
         if rc == AR_EMPTY and deadline != 0:
             since = ar_now_ns()
             while True:
                 with nogil:
-                    rc = ar_get(self.segment.q, self.entry, d, deadline)
+                    rc = ar_get(self.segment.q, self.entry, d, deadline, self.lease_ns)
                 if rc != AR_AGAIN:
                     break
                 self.segment.blocked(since)
@@ -649,6 +810,7 @@ cdef class Consumer(_Client):
         m.consumer = self
         m.d = d[0]
         m.gen = self.gen
+        self.outstanding += 1
         if copy:
             m._body = _copy_out(d.data, d.len)
         return m
@@ -660,6 +822,7 @@ cdef class Consumer(_Client):
         ``memoryview(m)`` or ``m.body`` before settling."""
         cdef ar_delivery d
         self.check()
+        self.allowance(1)
         self._get(&d, _deadline(timeout))
         return self._message(&d, copy)
 
@@ -673,17 +836,18 @@ cdef class Consumer(_Client):
         if n < 1:
             raise ValueError("get_many() needs n >= 1")
         self.check()
+        n = self.allowance(n)
         deadline = _deadline(timeout)
         ds = <ar_delivery *>PyMem_Malloc(n * sizeof(ar_delivery))
         if ds == NULL:
             raise MemoryError()
         try:
-            rc = ar_get_many(self.segment.q, self.entry, ds, n, 0, &got)
+            rc = ar_get_many(self.segment.q, self.entry, ds, n, 0, self.lease_ns, &got)
             if rc == AR_EMPTY and deadline != 0:
                 since = ar_now_ns()
                 while True:
                     with nogil:
-                        rc = ar_get_many(self.segment.q, self.entry, ds, n, deadline, &got)
+                        rc = ar_get_many(self.segment.q, self.entry, ds, n, deadline, self.lease_ns, &got)
                     if rc != AR_AGAIN:
                         break
                     self.segment.blocked(since)
@@ -743,6 +907,7 @@ cdef class Consumer(_Client):
             for i in range(n):
                 m = items[i]
                 m.settled = True
+                self.outstanding -= 1
                 if rcs[i] != AR_OK:
                     stale.append(m.d.pos)
             if stale:
@@ -827,11 +992,13 @@ cdef class Message:
         if self.gen != _fork_gen:
             self.settled = True
             raise E.StaleDelivery("message %d was delivered to the parent process before fork" % self.d.pos)
+        c.segment.refresh()
         if how == 0:
             rc = ar_ack(c.segment.q, c.entry, &self.d)
         else:
             rc = ar_nack(c.segment.q, c.entry, &self.d, how == 1)
         self.settled = True
+        c.outstanding -= 1
         if rc == AR_STALE:
             raise E.StaleDelivery("message %d: this delivery is no longer current" % self.d.pos)
         if rc != AR_OK:
@@ -844,8 +1011,51 @@ cdef class Message:
 
     def nack(self, bint requeue=True):
         """Give the message back: requeued ahead of never-delivered messages
-        (requeue=True), or dropped (requeue=False)."""
+        (requeue=True, delivery_count goes up on the next delivery), or
+        dead-lettered with reason "rejected" (requeue=False)."""
         self._settle(1 if requeue else 2)
+
+    def reject(self):
+        """Send the message to the dead-letter queue (reason "rejected")."""
+        self._settle(2)
+
+    def extend(self, seconds):
+        """Lengthen this delivery's ack lease to ``seconds`` from now (like
+        SQS ChangeMessageVisibility).  StaleDelivery if it was taken back."""
+        cdef uint64_t ns = _duration_ns(seconds, "seconds")
+        cdef int rc
+        if ns == 0:
+            raise ValueError("extend() needs a number of seconds > 0")
+        if self.settled:
+            raise E.AlreadySettled("message %d was already settled" % self.d.pos)
+        c = self.consumer
+        if c.closed or c.segment.closed:
+            raise E.QueueClosed("the consumer of message %d is closed" % self.d.pos)
+        rc = ar_extend(c.segment.q, c.entry, &self.d, ns)
+        if rc == AR_STALE:
+            raise E.StaleDelivery("message %d: its lease ran out and it was taken back" % self.d.pos)
+        if rc != AR_OK:
+            raise _error(rc, "extend message %d" % self.d.pos)
+
+    property key:
+        """(queue_id, id): unique over the queue's whole life and across
+        re-creations of a queue of the same name.  Key an idempotent consumer
+        on it."""
+        def __get__(self):
+            return (self.consumer.segment.queue_id, self.d.pos)
+
+    property death:
+        """On a dead-letter queue: why and how the message died, as a dict
+        (reason, id, queue_id, delivery_count, first_publish_time, time);
+        None on other queues."""
+        def __get__(self):
+            if self.d.dead_reason == 0:
+                return None
+            return {"reason": REASONS.get(self.d.dead_reason, "unknown(%d)" % self.d.dead_reason),
+                    "id": self.d.dead_original_id, "queue_id": self.d.dead_queue_id,
+                    "delivery_count": self.d.dead_delivery_count,
+                    "first_publish_time": self.d.dead_publish_ns / 1e9,
+                    "time": self.d.dead_ns / 1e9}
 
     def __enter__(self):
         return self
