@@ -21,6 +21,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -114,8 +115,10 @@ enum {
     CNT_DL_REJECTED, CNT_DL_LIMIT, CNT_DL_EXPIRED, CNT_DL_LEASE, CNT_LEASE_EXPIRED, CNT_DLQ_DROPPED,
     CNT_N
 };
+/* A client's `waiting` word counts its threads asleep on each side: the low
+ * 16 bits on the consumer side, the high 16 on the producer side. */
 #define WAIT_CONSUMER 1u
-#define WAIT_PRODUCER 2u
+#define WAIT_PRODUCER 0x10000u
 
 typedef struct ar_client {
     uint64_t word;       /* CWORD; FREE -> CLAIMING by CAS (the claimer), -> ACTIVE by the
@@ -123,8 +126,11 @@ typedef struct ar_client {
                           * -> FREE by the owner (unregister) or the reclaimer. */
     uint64_t start_time; /* written by the claimer while CLAIMING, read after ACTIVE (acquire) */
     uint64_t count[CNT_N]; /* statistics, written only by the owner (relaxed fetch-add) */
-    uint32_t waiting;      /* WAIT_* bits: set only by the owner while counted in a waiters word */
+    uint32_t waiting;      /* WAIT_* counts: changed only by the owner's threads while counted in a
+                            * waiters word; taken (exchanged to 0) by whoever frees the entry */
     uint32_t pad;
+    uint64_t nacking;      /* position + 1 of a nack(requeue) between its hint increment and its
+                            * CAS, else 0; written only by the owner (relaxed), read by reclaim */
 } AR_ALIGNED ar_client;
 
 /* Slot header; the payload follows it, slot_size bytes per slot in all. */
@@ -528,8 +534,12 @@ int ar_register(ar_queue *q, uint32_t role, uint32_t pid, uint64_t start_time, u
             STORE(&c->count[k], 0, RLX);
         STORE(&c->waiting, 0, RLX);
         /* release: start_time and the zeroed counters are visible to whoever
-         * reads ACTIVE with acquire (reclaim's liveness check). */
-        STORE(&c->word, CWORD(AR_C_ACTIVE, role, pid), REL);
+         * reads ACTIVE with acquire (reclaim's liveness check).  A CAS, not a
+         * store: if a stale verdict (pid reuse) marked the claim DEAD
+         * meanwhile, the reclaimer owns it now and we look further. */
+        uint64_t claiming = CWORD(AR_C_CLAIMING, role, pid);
+        if (!CAS(&c->word, &claiming, CWORD(AR_C_ACTIVE, role, pid), REL, RLX))
+            continue;
         *entry = i;
         return AR_OK;
     }
@@ -551,7 +561,7 @@ int ar_get_client(const ar_queue *q, uint32_t index, ar_client_info *out) {
 
 /* DELIVERED (word *w, held by someone else or by a dead process) -> READY
  * behind head.  Returns 1 on success; on failure *w has the current word. */
-static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w) {
+static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w, int hint_raised) {
     ar_header *h = q->hdr;
     uint32_t lap = AR_W_LAP(*w);
     /* The holder may have died between its slot CAS and its head advance:
@@ -560,11 +570,14 @@ static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w) {
     uint64_t hd = LOAD(&h->head, ACQ);
     if (lap_of(q, hd) == lap && (hd & q->mask) == i)
         help_advance(&h->head, hd);
-    /* I5: the hint goes up before the slot is READY, so it is never low. */
-    FADD(&h->requeued, 1, SEQ);
+    /* I5: the hint goes up before the slot is READY, so it is never low
+     * (unless a dead nacker raised it for this very slot already). */
+    if (!hint_raised)
+        FADD(&h->requeued, 1, SEQ);
     if (CAS(&s->word, w, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(*w), lap), SEQ, ACQ))
         return 1;
-    FSUB(&h->requeued, 1, RLX); /* lost the race: the hint goes back */
+    if (!hint_raised)
+        FSUB(&h->requeued, 1, RLX); /* lost the race: the hint goes back */
     return 0;
 }
 
@@ -576,6 +589,9 @@ static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w) {
 static uint32_t release_slots(ar_queue *q, uint32_t e) {
     uint32_t repaired = 0, requeued = 0, discarded = 0;
     ar_header *h = q->hdr;
+    /* A nack(requeue) the owner died in, after raising the hint: its slot's
+     * requeue below must not raise the hint a second time. */
+    uint64_t nacking = LOAD(&q->clients[e].nacking, RLX);
     for (uint32_t i = 0; i < q->capacity; i++) {
         ar_slot *s = slot_at(q, i);
         uint64_t w = LOAD(&s->word, ACQ);
@@ -595,10 +611,14 @@ static uint32_t release_slots(ar_queue *q, uint32_t e) {
                     discarded++;
                     break;
                 }
-            } else if (requeue_slot(q, s, i, &w)) {
-                repaired++;
-                requeued++;
-                break;
+            } else {
+                uint64_t pos = nacking ? nacking - 1 : 0;
+                int raised = nacking && (pos & q->mask) == i && lap_of(q, pos) == lap;
+                if (requeue_slot(q, s, i, &w, raised)) {
+                    repaired++;
+                    requeued++;
+                    break;
+                }
             }
         }
     }
@@ -624,14 +644,15 @@ static void retire_entry(ar_queue *q, uint32_t e, uint64_t expect_word) {
             STORE(&c->count[k], 0, RLX);
         }
     }
-    uint32_t wbits = LOAD(&c->waiting, RLX);
     /* A dead sleeper stays counted in the waiters words: take it out so
-     * publishers stop paying for futex wakes nobody needs. */
-    if (wbits & WAIT_CONSUMER)
-        FSUB(&q->hdr->consumers_waiting, 1, SEQ);
-    if (wbits & WAIT_PRODUCER)
-        FSUB(&q->hdr->producers_waiting, 1, SEQ);
-    STORE(&c->waiting, 0, RLX);
+     * publishers stop paying for futex wakes nobody needs.  Exchange first:
+     * a reclaimer dying after it leaves the count high (harmless), never
+     * subtracted twice. */
+    uint32_t wbits = __atomic_exchange_n(&c->waiting, 0, RLX);
+    if (wbits & 0xFFFFu)
+        FSUB(&q->hdr->consumers_waiting, wbits & 0xFFFFu, SEQ);
+    if (wbits >> 16)
+        FSUB(&q->hdr->producers_waiting, wbits >> 16, SEQ);
     /* release: everything above happens-before the next claimer's acquire CAS. */
     uint64_t w = expect_word;
     CAS(&c->word, &w, CWORD(AR_C_FREE, 0, 0), REL, RLX);
@@ -643,27 +664,40 @@ int ar_unregister(ar_queue *q, uint32_t entry) {
     uint64_t w = LOAD(&q->clients[entry].word, ACQ);
     if (CW_STATE(w) != AR_C_ACTIVE)
         return AR_STALE;
+    /* DEAD first (seq_cst), then the scan: a get racing on another thread
+     * either is seen by the scan or sees DEAD and gives its slot back
+     * (store-load pairing with deliver()'s seq_cst check). */
+    uint64_t dead = CWORD(AR_C_DEAD, CW_ROLE(w), CW_PID(w));
+    if (!CAS(&q->clients[entry].word, &w, dead, SEQ, RLX))
+        return AR_STALE;
     release_slots(q, entry);
-    retire_entry(q, entry, w);
+    STORE(&q->clients[entry].nacking, 0, RLX);
+    retire_entry(q, entry, dead);
     return AR_OK;
 }
 
 int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t pid, uint64_t start_time,
                      uint32_t *repaired) {
     *repaired = 0;
-    if (index >= q->max_clients || reclaimer >= q->max_clients)
+    /* reclaimer == max_clients: a caller with no entry of its own (a full table). */
+    if (index >= q->max_clients || reclaimer > q->max_clients)
         return AR_INVAL;
     ar_header *h = q->hdr;
     uint64_t me = ((uint64_t)(uint32_t)getpid() << 32) | (reclaimer + 1);
     uint64_t held = 0;
     /* acquire: a previous reclaimer's repairs (release on unlock) are visible. */
     if (!CAS(&h->reclaim_lock, &held, me, ACQ, RLX)) {
-        /* Held.  If the holder's entry is no longer the live holder's (the
-         * holder died and its entry was reclaimed or reused), break the lock:
-         * a dead process must not be able to stall recovery. */
+        /* Held.  A dead process must not be able to stall recovery, so the
+         * lock is broken when its holder is known dead: the caller judged
+         * the very entry it is reclaiming dead and that entry is the
+         * holder's; or the holder's entry no longer belongs to the holder;
+         * or no process has the holder's pid. */
         uint32_t hidx = (uint32_t)(held & 0xFFFFFFFFu) - 1, hpid = (uint32_t)(held >> 32);
         uint64_t hw = hidx < q->max_clients ? LOAD(&q->clients[hidx].word, ACQ) : 0;
-        if (hidx < q->max_clients && CW_PID(hw) == hpid && CW_STATE(hw) == AR_C_ACTIVE)
+        int holder_dead = (hidx == index && hpid == pid) ||
+                          (hidx < q->max_clients && (CW_PID(hw) != hpid || CW_STATE(hw) != AR_C_ACTIVE)) ||
+                          (kill((pid_t)hpid, 0) != 0 && errno == ESRCH);
+        if (!holder_dead)
             return AR_AGAIN;
         if (!CAS(&h->reclaim_lock, &held, me, ACQ, RLX))
             return AR_AGAIN;
@@ -674,7 +708,7 @@ int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t p
     uint64_t w = LOAD(&c->word, ACQ);
     uint32_t st = CW_STATE(w);
     if (CW_PID(w) != pid || st == AR_C_FREE ||
-        (st == AR_C_ACTIVE && LOAD(&c->start_time, RLX) != start_time)) {
+        (st != AR_C_DEAD && LOAD(&c->start_time, RLX) != start_time)) {
         rc = AR_STALE; /* the entry changed hands since the verdict: leave it */
     } else {
         uint64_t dead = CWORD(AR_C_DEAD, CW_ROLE(w), pid);
@@ -684,6 +718,7 @@ int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t p
             rc = AR_STALE;
         } else {
             *repaired = release_slots(q, index);
+            STORE(&c->nacking, 0, RLX);
             retire_entry(q, index, dead);
         }
     }
@@ -702,8 +737,10 @@ static int claim_slot(ar_queue *q, uint32_t e, uint64_t *pos, ar_slot **slot) {
         uint64_t t = LOAD(&h->tail, ACQ);
         ar_slot *s = slot_at(q, t);
         /* acquire: pairs with the consumer's settle CAS, so its reads of the
-         * old payload happen-before our overwrite. */
-        uint64_t w = LOAD(&s->word, ACQ);
+         * old payload happen-before our overwrite; seq_cst (a plain load on
+         * x86) because it is also the re-check half of the Dekker pair in
+         * wait_loop (I6). */
+        uint64_t w = LOAD(&s->word, SEQ);
         uint32_t lap = lap_of(q, t);
         int32_t d = (int32_t)(AR_W_LAP(w) - lap);
         if (d == -1) {
@@ -813,13 +850,22 @@ static int dlq_put(ar_queue *q, uint32_t e, const ar_death *dh, const unsigned c
         }
         if (rc != AR_FULL)
             return rc;
-        ar_delivery old;
-        if (try_get(dq, de, &old, UINT64_MAX) != AR_OK)
-            break; /* every dead letter is held by a DLQ consumer */
-        if (settle(dq, de, &old, free_word(&old, AR_OUT_DROPPED)) == AR_OK) {
-            count(dq, de, CNT_DROPPED, 1);
-            count(q, e, CNT_DLQ_DROPPED, 1);
-        }
+        /* The strict ring needs the slot at tail: drop the dead letter there
+         * if nobody holds it (it is the oldest, at head or requeued behind
+         * it); if a DLQ consumer holds it, no room can be made. */
+        uint64_t t = LOAD(&dq->hdr->tail, ACQ);
+        ar_slot *ts = slot_at(dq, t);
+        uint64_t w = LOAD(&ts->word, ACQ);
+        uint32_t plap = lap_of(dq, t) - 1;
+        if (AR_W_LAP(w) != plap || AR_W_STATE(w) != AR_S_READY)
+            break;
+        uint64_t oldest = t - dq->capacity, hd = LOAD(&dq->hdr->head, ACQ);
+        if (!CAS(&ts->word, &w, AR_WORD(AR_S_FREE, AR_OUT_DROPPED, AR_W_GEN(w), plap), SEQ, RLX))
+            continue;
+        if (oldest < hd)
+            FSUB(&dq->hdr->requeued, 1, RLX); /* it was a requeued one (I5: lowered after it left READY) */
+        count(dq, de, CNT_DROPPED, 1);
+        count(q, e, CNT_DLQ_DROPPED, 1);
     }
     count(q, e, CNT_DLQ_DROPPED, 1);
     return AR_FULL;
@@ -832,7 +878,17 @@ static const int dl_counter[5] = {0, CNT_DL_REJECTED, CNT_DL_LIMIT, CNT_DL_EXPIR
  * A death between the two leaves a copy in the DLQ and the delivery with the
  * dead process: reclaim redelivers it, so it may be dead-lettered twice,
  * never lost (at-least-once, like everything else here). */
-static int dead_letter(ar_queue *q, uint32_t e, const ar_delivery *d, uint32_t reason) {
+static int dead_letter(ar_queue *q, uint32_t e, const ar_delivery *d0, uint32_t reason) {
+    /* Fence off the lease scan first: move the word to a new generation
+     * (still DELIVERED by us).  A scan that took the delivery back already
+     * makes this CAS fail (stale: nothing copied); one that comes later
+     * finds no lease of the new generation.  So a message is never both
+     * dead-lettered and redelivered, short of a crash in between. */
+    ar_delivery dd = *d0, *d = &dd;
+    uint64_t fenced = AR_WORD(AR_S_DELIVERED, e, next_gen(AR_W_GEN(d0->word)), AR_W_LAP(d0->word));
+    if (settle(q, e, d0, fenced) != AR_OK)
+        return AR_STALE;
+    dd.word = fenced;
     uint32_t outcome = AR_OUT_DROPPED;
     if (q->dlq) {
         ar_death dh = {d->pos, q->queue_id, d->publish_ns, realtime_ns(), reason, d->delivery_count};
@@ -856,7 +912,8 @@ static int fill_delivery(ar_queue *q, ar_slot *s, uint64_t pos, uint64_t word, a
     if (len > q->message_size || id != pos) { /* I4: never trust a length from shared memory */
         /* Discard it (an error is raised, nothing is silently skipped). */
         uint64_t exp = word;
-        CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, AR_W_GEN(word), AR_W_LAP(word)), SEQ, RLX);
+        if (CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, AR_W_GEN(word), AR_W_LAP(word)), SEQ, RLX))
+            wake_producers(q);
         return AR_CORRUPT;
     }
     d->data = payload(s);
@@ -868,8 +925,9 @@ static int fill_delivery(ar_queue *q, ar_slot *s, uint64_t pos, uint64_t word, a
         ar_death dh;
         if (len < AR_DEATH_SIZE) {
             uint64_t exp = word;
-            CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, AR_W_GEN(word), AR_W_LAP(word)), SEQ,
-                RLX);
+            if (CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, AR_W_GEN(word), AR_W_LAP(word)),
+                    SEQ, RLX))
+                wake_producers(q);
             return AR_CORRUPT;
         }
         memcpy(&dh, d->data, AR_DEATH_SIZE);
@@ -892,6 +950,17 @@ static int fill_delivery(ar_queue *q, ar_slot *s, uint64_t pos, uint64_t word, a
  * otherwise start its lease and hand it out. */
 static int deliver(ar_queue *q, uint32_t e, ar_slot *s, uint64_t pos, uint64_t mine, ar_delivery *d,
                    uint64_t lease_ns) {
+    /* Our entry may have been closed by another thread while we waited: then
+     * give the slot back rather than hold it under a freed entry.  seq_cst:
+     * store-load pairing with ar_unregister (DEAD, then scan): either its
+     * scan sees our DELIVERED word, or we see DEAD here, or both (one
+     * requeue wins, the other CAS fails). */
+    if (CW_STATE(LOAD(&q->clients[e].word, SEQ)) != AR_C_ACTIVE) {
+        uint64_t w = mine;
+        requeue_slot(q, s, (uint32_t)(pos & q->mask), &w, 0);
+        wake_consumers(q);
+        return AR_STALE;
+    }
     int rc = fill_delivery(q, s, pos, mine, d);
     if (rc != AR_OK)
         return rc;
@@ -930,7 +999,7 @@ static int take_requeued(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease
     uint64_t p = hd >= q->capacity ? hd - q->capacity : 0;
     for (; p < hd; p++) {
         ar_slot *s = slot_at(q, p);
-        uint64_t w = LOAD(&s->word, ACQ);
+        uint64_t w = LOAD(&s->word, SEQ); /* seq_cst: a wait_loop re-check (I6) */
         uint32_t lap = lap_of(q, p);
         if (AR_W_LAP(w) != lap || AR_W_STATE(w) != AR_S_READY)
             continue;
@@ -949,8 +1018,9 @@ static int take_requeued(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease
 
 static int try_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns) {
     ar_header *h = q->hdr;
-    /* I5: a requeued message goes ahead of everything never delivered. */
-    if (LOAD(&h->requeued, ACQ) != 0) {
+    /* I5: a requeued message goes ahead of everything never delivered.
+     * seq_cst: a wait_loop re-check (I6), paired with the requeuer's seq_cst RMW. */
+    if (LOAD(&h->requeued, SEQ) != 0) {
         int rc = take_requeued(q, e, d, lease_ns);
         if (rc != AR_EMPTY)
             return rc;
@@ -987,8 +1057,16 @@ static int try_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns) {
                 continue;
             return AR_EMPTY;
         }
-        if (dl > 0) /* stale head */
+        if (dl > 0) {
+            /* The slot moved on to a later lap.  If head is still hd, the
+             * message at hd was discarded (a dead writer, an aborted
+             * reservation) without anyone stepping head past it, and a
+             * producer has since reused the slot: step past it now.  A
+             * producer can reuse the slot only once position hd is FREE, so
+             * this never skips a message. */
+            help_advance(&h->head, hd);
             continue;
+        }
         return AR_CORRUPT;
     }
 }
@@ -1098,10 +1176,16 @@ int ar_nack(ar_queue *q, uint32_t e, const ar_delivery *d, int requeue) {
         return rc;
     }
     /* I5: raise the hint before the slot turns READY behind head.  The slot is
-     * behind head already: ar_get advanced head past it before returning. */
+     * behind head already: ar_get advanced head past it before returning.
+     * `nacking` tells a reclaim of a death inside this window that the hint
+     * is raised already (a death between the increment and the marker, one
+     * instruction, leaves the hint one too high: extra scans, no loss). */
+    ar_client *c = &q->clients[e];
     FADD(&q->hdr->requeued, 1, SEQ);
+    STORE(&c->nacking, d->pos + 1, RLX);
     HOOK(H_NACK_HINT);
     int rc = settle(q, e, d, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(d->word), AR_W_LAP(d->word)));
+    STORE(&c->nacking, 0, RLX);
     if (rc != AR_OK) {
         FSUB(&q->hdr->requeued, 1, RLX);
         return rc;
@@ -1154,7 +1238,7 @@ int ar_expire_leases(ar_queue *q, uint32_t e, uint32_t *n) {
             ar_delivery d;
             if (fill_delivery(q, s, pos, mine, &d) == AR_OK && dead_letter(q, e, &d, AR_DL_LEASE_EXPIRED) == AR_OK)
                 (*n)++;
-        } else if (requeue_slot(q, s, i, &w)) {
+        } else if (requeue_slot(q, s, i, &w, 0)) {
             count(q, e, CNT_LEASE_EXPIRED, 1);
             requeued++;
             (*n)++;
@@ -1174,7 +1258,8 @@ static int settled_attempt(ar_queue *q, uint32_t e, void *a) {
     ar_slot *s = slot_at(q, sa->id);
     uint64_t w = LOAD(&s->word, SEQ); /* seq_cst: the re-check half of the Dekker pair */
     int32_t d = (int32_t)(AR_W_LAP(w) - lap_of(q, sa->id));
-    if (d > 0) { /* the slot was reused: settled, outcome no longer recorded */
+    if (d > 0 || LOAD(&q->hdr->tail, ACQ) - sa->id > q->capacity) {
+        /* the slot was reused: settled, outcome no longer recorded */
         *sa->outcome = AR_OUT_NONE;
         return AR_OK;
     }

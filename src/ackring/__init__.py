@@ -190,11 +190,13 @@ class Queue:
             return
         if self._watchdog is not None:
             self._watchdog.stop()
-        if self._dead_letters is not None:
-            self._dead_letters.close()
         for c in list(self._clients):
             c.close()
+        # Ours first: it gives back our entry in the dead-letter queue, which
+        # needs that queue still open.
         self._seg.close()
+        if self._dead_letters is not None:
+            self._dead_letters.close()
         _open_queues.discard(self)
 
     def __enter__(self):

@@ -14,7 +14,7 @@ CLIENT_STATES = {0: "FREE", 1: "CLAIMING", 2: "ACTIVE", 3: "DEAD"}
 NO_OWNER = 0xFFF
 # A FREE word's owner field records how the slot's message was settled (AR_OUT_* in ext/ackring.h).
 FREE_OUTCOMES = {0, 1, 3, 4, 5, 6, 0xFFE, 0xFFF}
-WAIT_CONSUMER, WAIT_PRODUCER = 1, 2
+WAIT_CONSUMER, WAIT_PRODUCER = 0xFFFF, 0xFFFF0000  # count fields of a client's waiting word
 
 
 def _word(w):
@@ -49,12 +49,20 @@ def check_segment(seg):
             problems.append("client %d (pid %d) is %s but its process is gone: reclaim will free it"
                             % (index, pid, CLIENT_STATES[state].lower()))
 
+    lock = h["reclaim_lock"]
+    if lock:
+        holder_pid, holder_entry = lock >> 32, (lock & 0xFFFFFFFF) - 1
+        row = clients.get(holder_entry)
+        if row is None or row[3] != holder_pid or holder_entry in dead:
+            problems.append("the reclaim lock is held by pid %d, which is gone: the next reclaim breaks it"
+                            % holder_pid)
+
     ready_behind_head = 0
     waiting_flags = {WAIT_CONSUMER: 0, WAIT_PRODUCER: 0}
     for index in clients:
-        bits = seg.client_waiting(index)
-        for b in waiting_flags:
-            waiting_flags[b] += bool(bits & b)
+        w = seg.client_waiting(index)
+        waiting_flags[WAIT_CONSUMER] += w & 0xFFFF
+        waiting_flags[WAIT_PRODUCER] += w >> 16
 
     for i, (word, mid, length) in enumerate(seg.raw_slots()):
         state, owner, gen, lap = _word(word)

@@ -1,13 +1,15 @@
 """Telling live processes from dead ones, with psutil.
 
-A process-table entry records a pid and the process's start time (psutil's
-``create_time``, stored as the bits of the float).  An entry is dead when no
-process has that pid, or the process that has it started at another time (the
-pid was reused).  Comparing start times is what keeps a recycled pid from
-passing for the dead owner.
+A process-table entry records a pid and the process's start time, as whole
+milliseconds since boot: psutil's ``create_time() - boot_time()``.  (Both
+are wall-clock figures built on the kernel's boot time, which moves when the
+clock is stepped; their difference does not, so a clock step cannot make a
+live process look dead.)  An entry is dead when no process has that pid, the
+one that has it is a zombie, or it started at another time (the pid was
+reused): comparing start times keeps a recycled pid from passing for the
+dead owner.
 """
 import os
-import struct
 
 import psutil
 
@@ -15,16 +17,17 @@ _C_CLAIMING, _C_ACTIVE, _C_DEAD = 1, 2, 3
 _self = None
 
 
-def _bits(t):
-    return struct.unpack("<Q", struct.pack("<d", t))[0]
+def _start_ms(p):
+    # +1: 0 is reserved for "not written yet" (an entry still CLAIMING)
+    return round((p.create_time() - psutil.boot_time()) * 1000) + 1
 
 
 def self_identity():
-    """(pid, start-time bits) of this process, cached until the next fork."""
+    """(pid, start time in ms since boot) of this process, cached until the next fork."""
     global _self
     if _self is None:
         p = psutil.Process()
-        _self = (p.pid, _bits(p.create_time()))
+        _self = (p.pid, _start_ms(p))
     return _self
 
 
@@ -33,20 +36,20 @@ def forget_self():
     _self = None
 
 
-def is_alive(pid, start_bits):
+def is_alive(pid, start_ms):
     try:
         p = psutil.Process(pid)
         with p.oneshot():
-            ct = p.create_time()
+            started = _start_ms(p)
             if p.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped
                 return False
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:  # someone else's live process
         return True
-    if start_bits == 0:
+    if start_ms == 0:
         return True  # entry still CLAIMING: its start time is not written yet
-    return _bits(ct) == start_bits
+    return abs(started - start_ms) <= 1  # 1 ms of float rounding
 
 
 def dead_entries(clients):

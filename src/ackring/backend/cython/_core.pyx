@@ -348,6 +348,7 @@ cdef class Segment:
         cdef uint32_t entry = 0
         cdef int rc
         self.check()
+        self.refresh()  # a client made in a forked child: our DLQ entry must be ours too
         pid, start = _liveness.self_identity()
         rc = ar_register(self.q, role, pid, start, &entry)
         if rc != AR_OK:
@@ -432,18 +433,34 @@ cdef class Segment:
             total += self.dlq.reclaim()
         if not dead and not self.leases_in_use():
             return total
+        cdef uint32_t me = ar_max_clients(self.q)   # "no entry of our own"
         if not self.has_observer or self.observer_gen != _fork_gen:
-            self.observer = self.register(AR_ROLE_OBSERVER)
-            self.observer_gen = _fork_gen
-            self.has_observer = True
-        ar_expire_leases(self.q, self.observer, &repaired)
-        total += repaired
-        for index, pid, start in dead:
-            rc = ar_reclaim_entry(self.q, self.observer, index, pid, start, &repaired)
-            if rc == AR_OK:
-                total += repaired
-            elif rc not in (AR_AGAIN, AR_STALE):
-                raise _error(rc, self.name)
+            try:
+                self.observer = self.register(AR_ROLE_OBSERVER)
+                self.observer_gen = _fork_gen
+                self.has_observer = True
+            except E.TooManyClients:
+                pass  # a full table: reclaim anyway, under no entry (leases wait)
+        if self.has_observer and self.observer_gen == _fork_gen:
+            me = self.observer
+            ar_expire_leases(self.q, me, &repaired)
+            total += repaired
+        # Twice at most: an entry whose pass found the lock held by a dead
+        # reclaimer is retried once the others (the dead holder among them)
+        # are done.
+        for _ in range(2):
+            again = []
+            for index, pid, start in dead:
+                rc = ar_reclaim_entry(self.q, me, index, pid, start, &repaired)
+                if rc == AR_OK:
+                    total += repaired
+                elif rc == AR_AGAIN:
+                    again.append((index, pid, start))
+                elif rc != AR_STALE:
+                    raise _error(rc, self.name)
+            if not again or len(again) == len(dead):
+                break
+            dead = again
         return total
 
     cdef int blocked(self, uint64_t since) except -1:
@@ -475,6 +492,19 @@ cdef class _Client:
             self.segment.refresh()
         return 0
 
+    cdef bint reattach(self) except -1:
+        """If our entry was reclaimed from under us (a live process judged
+        dead), take a new one; True if so.  What the old entry held was
+        already requeued or discarded by that reclaim."""
+        cdef ar_client_info ci
+        self.check()
+        ar_get_client(self.segment.q, self.entry, &ci)
+        pid, start = _liveness.self_identity()
+        if ci.state == 2 and ci.pid == pid and ci.start_time == start:
+            return False
+        self.entry = self.segment.register(self.role)
+        return True
+
     def close(self):
         """Release the process-table entry; a consumer's unsettled deliveries are requeued."""
         if not self.closed:
@@ -497,7 +527,7 @@ cdef class Producer(_Client):
         self.entry = segment.register(AR_ROLE_PRODUCER)
         self.gen = _fork_gen
 
-    cdef uint64_t _put(self, object data, uint64_t deadline, uint64_t ttl_ns) except? 0xFFFFFFFFFFFFFFFF:
+    cdef uint64_t _put(self, object data, uint64_t deadline, uint64_t ttl_n) except? 0xFFFFFFFFFFFFFFFF:
         cdef Py_buffer view
         cdef const char *ptr
         cdef Py_ssize_t n
@@ -520,20 +550,24 @@ cdef class Producer(_Client):
                                         % (n, ar_message_size(self.segment.q), self.segment.name))
             if n >= NOGIL_COPY_BYTES:
                 with nogil:
-                    rc = ar_put(self.segment.q, self.entry, ptr, n, 0, ttl_ns, &mid)
+                    rc = ar_put(self.segment.q, self.entry, ptr, n, 0, ttl_n, &mid)
             else:
-                rc = ar_put(self.segment.q, self.entry, ptr, n, 0, ttl_ns, &mid)
+                rc = ar_put(self.segment.q, self.entry, ptr, n, 0, ttl_n, &mid)
             if rc == AR_FULL and deadline != 0:
                 since = ar_now_ns()
                 while True:
                     # The buffer stays exported (or the bytes immutable) while
                     # the GIL is dropped, so ptr stays valid.
                     with nogil:
-                        rc = ar_put(self.segment.q, self.entry, ptr, n, deadline, ttl_ns, &mid)
+                        rc = ar_put(self.segment.q, self.entry, ptr, n, deadline, ttl_n, &mid)
                     if rc != AR_AGAIN:
                         break
                     self.segment.blocked(since)
                     self.check()
+            if rc == AR_STALE and self.reattach():
+                # our claim was discarded by a reclaim that judged us dead:
+                # nothing was stored, so storing it now is not a duplicate
+                return self._put(data, deadline, ttl_n)
         finally:
             if release:
                 PyBuffer_Release(&view)
@@ -801,6 +835,9 @@ cdef class Consumer(_Client):
                     break
                 self.segment.blocked(since)
                 self.check()
+        if rc == AR_STALE:  # our entry was closed or reclaimed while we waited
+            if self.reattach():
+                return self._get(d, deadline)
         if rc != AR_OK:
             raise _error(rc, "get from queue %r" % (self.segment.name,))
         return 0
@@ -853,6 +890,8 @@ cdef class Consumer(_Client):
                     self.segment.blocked(since)
                     self.check()
             out = [self._message(&ds[i], copy) for i in range(got)]
+            if rc == AR_STALE and self.reattach():
+                return out + self.get_many(n - got, timeout, copy) if got < n else out
             if rc != AR_OK:
                 raise _error(rc, "get from queue %r" % (self.segment.name,))
             return out
