@@ -356,3 +356,395 @@ def ack_inherited_message(m, conn):
         conn.send("other: %r" % (e,))
     else:
         conn.send("acked")
+
+
+# ------------------------------------------------------- delivery semantics
+
+class Poison(Exception):
+    """What a consumer's handler raises on the poison message."""
+
+
+def _poison_consume(qname, cidx, poison, stop, result_q, limit_s):
+    # Handles every message inside `with m:` -- acked on normal exit, nacked
+    # (requeued) when the handler raises, which it always does on `poison`.
+    q = ackring.open(qname)
+    c = q.consumer()
+    acked, poison_counts = [], []
+    deadline = time.monotonic() + limit_s
+    while not stop.is_set():
+        if time.monotonic() > deadline:
+            raise AssertionError("poison consumer %d hit its deadline" % cidx)
+        try:
+            m = c.get(timeout=0.1)
+        except ackring.Empty:
+            continue
+        body = m.body
+        try:
+            with m:
+                if body == poison:
+                    raise Poison(m.id)
+        except Poison:
+            poison_counts.append((m.id, m.delivery_count))
+        else:
+            acked.append((m.id, body, m.delivery_count))
+    c.close()
+    q.close()
+    result_q.put(("consumer", cidx, acked, poison_counts))
+
+
+def poison_consumer(qname, cidx, poison, stop, result_q, limit_s):
+    _guard(result_q, "poison consumer %d" % cidx, _poison_consume, qname, cidx, poison, stop,
+           result_q, limit_s)
+
+
+def lease_sleeper(qname, conn, taken_back, limit_s):
+    """Take one message and sit on it past its lease until the parent says
+    another consumer has it (taken_back); then report what extend() and ack() do."""
+    try:
+        q = ackring.open(qname)
+        c = q.consumer()
+        m = c.get(timeout=limit_s)
+        conn.send(("got", m.id, m.delivery_count, m.body))
+        if not taken_back.wait(limit_s):
+            conn.send(("timeout",))
+            return
+        out = []
+        for what in ("extend", "ack"):
+            try:
+                m.extend(5) if what == "extend" else m.ack()
+            except ackring.StaleDelivery:
+                out.append(what + ":stale")
+            else:
+                out.append(what + ":ok")
+        conn.send(("late", out, c.outstanding))
+        c.close()
+        q.close()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+
+
+def lease_taker(qname, conn, limit_s):
+    """Block in get() until the message comes back, ack it, report."""
+    try:
+        q = ackring.open(qname)
+        c = q.consumer(ack_timeout=30)  # its own lease cannot run out under a slow scheduler
+        m = c.get(timeout=limit_s)
+        info = (m.id, m.delivery_count, m.redelivered, m.body)
+        m.ack()
+        conn.send(("got",) + info)
+        c.close()
+        q.close()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+
+
+def _ttl_produce(qname, pidx, n, short_ttl, size, result_q):
+    # Even sequence numbers get a short per-message ttl, odd ones none.
+    q = ackring.open(qname)
+    p = q.producer()
+    short, live = [], []
+    for seq in range(n):
+        if seq % 2 == 0:
+            short.append((p.put(body_for(pidx, seq, size), timeout=30, ttl=short_ttl), seq))
+        else:
+            live.append((p.put(body_for(pidx, seq, size), timeout=30), seq))
+    done_at = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+    p.close()
+    q.close()
+    result_q.put(("producer", pidx, short, live, done_at))
+
+
+def ttl_producer(qname, pidx, n, short_ttl, size, result_q):
+    _guard(result_q, "ttl producer %d" % pidx, _ttl_produce, qname, pidx, n, short_ttl, size, result_q)
+
+
+def _wait_producer_waiting(q, limit_s):
+    """Bounded poll until some producer of q sleeps (e.g. in wait_acked)."""
+    deadline = time.monotonic() + limit_s
+    while q._seg.raw_header()["producers_waiting"] == 0:
+        if time.monotonic() > deadline:
+            raise AssertionError("no producer started waiting")
+        time.sleep(0.002)
+
+
+def receipt_settler(qname, conn, release, limit_s):
+    """Take three messages.  Ack the first and reject the second, each only
+    once the parent is blocked in wait_acked; hold the third until `release`."""
+    try:
+        q = ackring.open(qname)
+        c = q.consumer()
+        ms = [c.get(timeout=limit_s) for _ in range(3)]
+        conn.send(("held", [m.id for m in ms]))
+        _wait_producer_waiting(q, limit_s)
+        ms[0].ack()
+        conn.send(("acked", ms[0].id))
+        # the parent's first wait has returned (and left the waiters count)
+        # before it sends this: a waiter seen from now on is its second wait
+        if not conn.poll(limit_s) or conn.recv() != "next":
+            raise AssertionError("no 'next' from the parent")
+        _wait_producer_waiting(q, limit_s)
+        ms[1].reject()
+        conn.send(("rejected", ms[1].id))
+        if not release.wait(limit_s):
+            conn.send(("timeout",))
+            return
+        ms[2].ack()
+        conn.send(("acked", ms[2].id))
+        c.close()
+        q.close()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+
+
+def rejecting_child(qname, n, conn, limit_s):
+    """Open the queue by name, take n messages and dead-letter them: even
+    ones with reject(), odd ones with nack(requeue=False)."""
+    try:
+        q = ackring.open(qname)
+        c = q.consumer()
+        out = []
+        for i in range(n):
+            m = c.get(timeout=limit_s)
+            out.append((m.id, m.body, m.publish_time_ns))
+            m.reject() if i % 2 == 0 else m.nack(requeue=False)
+        conn.send(("done", out, q.dead_letters.name))
+        c.close()
+        q.close()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+
+
+# ------------------------------------------------- test hooks (test_recovery)
+
+def hook_child(qname, point, action, conn):
+    """Do `action` with the test hook set at `point`: the process SIGSTOPs
+    itself inside the action, where the parent SIGKILLs it.  Reports
+    ("ready", pid, info) just before the action, and ("returned", ...) if the
+    action ever finishes (it must not)."""
+    from ackring.backend import set_test_hook
+    try:
+        info = None
+        if action == "open_reclaim":       # the reclaim pass ackring.open() runs
+            conn.send(("ready", os.getpid(), None))
+            set_test_hook(point)
+            ackring.open(qname, watchdog=None)
+            conn.send(("returned", None))
+            os._exit(6)
+        q = ackring.open(qname, watchdog=None)
+        if action == "register":
+            conn.send(("ready", os.getpid(), None))
+            set_test_hook(point)
+            q.producer()
+        elif action in ("put", "put_many", "reserve"):
+            p = q.producer()
+            conn.send(("ready", os.getpid(), None))
+            set_test_hook(point)
+            if action == "put":
+                info = p.put(b"victim", timeout=5)
+            elif action == "put_many":
+                info = p.put_many([b"victim-1", b"victim-2"], timeout=5)
+            else:
+                r = p.reserve(16, timeout=5)
+                memoryview(r)[:6] = b"victim"
+                info = r.commit(6)
+        elif action in ("get", "ack", "ack_many", "nack"):
+            c = q.consumer()
+            if action == "get":
+                conn.send(("ready", os.getpid(), None))
+                set_test_hook(point)
+                info = c.get(timeout=5).id
+            else:
+                ms = c.get_many(3, timeout=5)
+                conn.send(("ready", os.getpid(), [(m.id, m.delivery_count) for m in ms]))
+                set_test_hook(point)
+                if action == "ack":
+                    ms[0].ack()
+                elif action == "ack_many":
+                    c.ack_many(ms)
+                else:
+                    ms[0].nack()
+        elif action == "reclaim":
+            conn.send(("ready", os.getpid(), None))
+            set_test_hook(point)
+            info = q.reclaim()
+        else:
+            raise ValueError(action)
+        conn.send(("returned", info))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    os._exit(6)
+
+
+def crafted_identity_consumer(qname, start_bits, conn):
+    """Register under this process's pid but another start time (what an
+    entry looks like once its owner died and the pid went to this process),
+    take one delivery, report it, then try to ack it when told to."""
+    from ackring import _liveness
+    try:
+        _liveness._self = (os.getpid(), start_bits)
+        q = ackring.open(qname, watchdog=None)
+        c = q.consumer()
+        m = c.get(timeout=10)
+        conn.send(("held", os.getpid(), m.id))
+        if not conn.poll(30):
+            os._exit(7)
+        conn.recv()
+        try:
+            m.ack()
+        except ackring.StaleDelivery:
+            conn.send(("stale",))
+        else:
+            conn.send(("acked",))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    os._exit(0)
+
+
+def blocked_consumer_report(qname, n, timeout, conn):
+    """Take n messages (each get bounded by `timeout`), ack them, report
+    [(id, body, delivery_count)] - or ("empty", got_so_far)."""
+    try:
+        q = ackring.open(qname, watchdog=None)
+        c = q.consumer()
+        got = []
+        for _ in range(n):
+            try:
+                m = c.get(timeout=timeout)
+            except ackring.Empty:
+                conn.send(("empty", got))
+                os._exit(0)
+            got.append((m.id, m.body, m.delivery_count))
+            m.ack()
+        conn.send(("got", got))
+        c.close()
+        q.close()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    os._exit(0)
+
+
+# ------------------------------------------------------ fast paths (test_fastpaths)
+
+def _batch_produce(qname, n, batch, size, how, result_q):
+    q = ackring.open(qname)
+    p = q.producer()
+    ids = array("Q")
+    seq = 0
+    while seq < n:
+        if how == "put_many":
+            k = min(batch, n - seq)
+            ids.extend(p.put_many([body_for(3, seq + i, size) for i in range(k)], timeout=30))
+            seq += k
+        else:  # reserve: write in place, commit on leaving the block
+            r = p.reserve(size, timeout=30)
+            with r as buf:
+                buf[:] = body_for(3, seq, size)
+            ids.append(r.id)
+            seq += 1
+    p.close()
+    q.close()
+    result_q.put(("producer", how, ids.tobytes()))
+
+
+def batch_producer(qname, n, batch, size, how, result_q):
+    _guard(result_q, "batch producer", _batch_produce, qname, n, batch, size, how, result_q)
+
+
+def _batch_consume(qname, n, batch, size, copy, result_q):
+    q = ackring.open(qname)
+    c = q.consumer()
+    seqs = array("Q")
+    ids = array("Q")
+    bad = 0
+    deadline = time.monotonic() + 60
+    while len(ids) < n and time.monotonic() < deadline:
+        try:
+            ms = c.get_many(batch, timeout=0.5, copy=copy)
+        except ackring.Empty:
+            continue
+        for m in ms:
+            body = m.body if copy else bytes(memoryview(m))
+            _pidx, seq = decode(body)
+            if body != body_for(3, seq, size) or m.delivery_count != 1:
+                bad += 1
+            seqs.append(seq)
+            ids.append(m.id)
+        c.ack_many(ms)
+    c.close()
+    q.close()
+    result_q.put(("consumer", seqs.tobytes(), ids.tobytes(), bad))
+
+
+def batch_consumer(qname, n, batch, size, copy, result_q):
+    _guard(result_q, "batch consumer", _batch_consume, qname, n, batch, size, copy, result_q)
+
+
+def stale_ack_many_child(qname, start_bits, conn):
+    """Hold 3 deliveries under a crafted identity (judged dead by the parent's
+    reclaim), then take the requeued copies anew and ack_many a mix of one old
+    (stale) delivery and two current ones."""
+    from ackring import _liveness
+    try:
+        _liveness._self = (os.getpid(), start_bits)
+        q = ackring.open(qname, watchdog=None)
+        c = q.consumer()
+        old = c.get_many(3, timeout=10)
+        conn.send(("held", [m.id for m in old]))
+        if not conn.poll(30):
+            os._exit(7)
+        conn.recv()
+        new = c.get_many(3, timeout=10)
+        try:
+            c.ack_many([old[0], new[0], new[1]])
+        except ackring.StaleDelivery as e:
+            res = ("stale", list(e.ids), [m.settled for m in (old[0], new[0], new[1])])
+        else:
+            res = ("no error",)
+        c.ack_many(new[2:])
+        conn.send(res + ([m.id for m in new],))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    os._exit(0)
+
+
+# ------------------------------------------- parent-side helpers for hook tests
+
+def wait_stopped(child, conn, point, timeout=20):
+    """Wait (bounded) until `child` has SIGSTOPped itself; fail if it went on."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(child.pid).status() == psutil.STATUS_STOPPED:
+                return
+        except psutil.NoSuchProcess:
+            pass
+        if conn.poll():
+            raise AssertionError("hook child went past %s: %r" % (point, conn.recv()))
+        assert child.exitcode is None, "hook child exited with %r" % child.exitcode
+        assert time.monotonic() < deadline, "child never stopped at %s" % point
+        time.sleep(0.005)  # poll interval of a bounded condition loop
+
+
+def stop_child_at(procs, qname, point, action):
+    """Fork a hook_child; return (process, info) once it is stopped at `point`."""
+    import multiprocessing
+
+    parent_conn, child_conn = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = procs(hook_child, qname, point, action, child_conn, method="fork")
+    assert parent_conn.poll(20), "hook child did not start"
+    msg = parent_conn.recv()
+    assert msg[0] == "ready", msg
+    wait_stopped(child, parent_conn, point)
+    return child, msg[2]
+
+
+def kill_and_reap(child):
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL
