@@ -249,10 +249,20 @@ int ar_set_test_hook(const char *point) {
         }
     return AR_INVAL;
 }
-__attribute__((constructor)) static void hook_from_env(void) {
+/* How long a blocking call spins before it sleeps on the futex. */
+static uint64_t ar_spin_ns = 10000;
+
+__attribute__((constructor)) static void settings_from_env(void) {
     const char *p = getenv("ACKRING_TEST_STOP_AT");
     if (p)
         ar_set_test_hook(p);
+    p = getenv("ACKRING_SPIN_US");
+    if (p && *p) {
+        char *end;
+        unsigned long long us = strtoull(p, &end, 10);
+        if (*end == 0 && us <= 1000000ull)
+            ar_spin_ns = us * 1000ull;
+    }
 }
 
 /* Futex on a word in the shared mapping: not FUTEX_PRIVATE, the waiters are
@@ -1077,14 +1087,19 @@ static int try_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns) {
  * signals and run a reclaim pass). */
 static int wait_loop(ar_queue *q, uint32_t e, uint64_t deadline, uint32_t *waiting, uint32_t *seq,
                      uint32_t wbit, int (*attempt)(ar_queue *, uint32_t, void *), void *arg, int none) {
-    /* Spin briefly first: the other side is often a few hundred ns away. */
-    for (int i = 0; i < 64; i++) {
+    /* Spin briefly first: the other side is often a few microseconds away,
+     * and a futex sleep + wake costs more than that.  Bounded by time, not
+     * by count (ar_spin_ns, ACKRING_SPIN_US), so a slow peer costs at most
+     * that much CPU per wait. */
+    uint64_t now = ar_now_ns(), spin_until = now + ar_spin_ns;
+    for (int i = 1;; i++) {
         cpu_relax();
         int rc = attempt(q, e, arg);
         if (rc != none)
             return rc;
+        if ((i & 15) == 0 && (now = ar_now_ns()) >= spin_until)
+            break;
     }
-    uint64_t now = ar_now_ns();
     if (deadline != AR_NO_DEADLINE && now >= deadline)
         return none;
     uint64_t slice = AR_WAIT_SLICE_NS;

@@ -7,7 +7,6 @@
 """
 import json
 import signal
-import sys
 import threading
 import time
 
@@ -96,17 +95,3 @@ def add_commands(sub):
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
-
-
-def main(argv=None):  # standalone entry, used until/unless cli.py dispatches here
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="ackring")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
