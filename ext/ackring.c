@@ -104,11 +104,17 @@ typedef struct ar_header {
 } ar_header;
 
 /* A process-table entry: one per attached producer or consumer object. */
-enum { AR_C_FREE = 0, AR_C_CLAIMING = 1, AR_C_ACTIVE = 2, AR_C_DEAD = 3 };
+/* Entry word: bits 0..7 state, 8..15 role, 16..31 seq (bumped by every
+ * claim, so each registration of an index is told apart from the next),
+ * 32..63 pid. */
+enum { AR_C_FREE = 0, AR_C_CLAIMING = 1, AR_C_ACTIVE = 2, AR_C_DEAD = 3, AR_C_CLOSING = 4 };
 #define CW_STATE(w) ((uint32_t)((w) & 0xFFu))
 #define CW_ROLE(w) ((uint32_t)(((w) >> 8) & 0xFFu))
+#define CW_SEQ(w) ((uint32_t)(((w) >> 16) & 0xFFFFu))
 #define CW_PID(w) ((uint32_t)((w) >> 32))
-#define CWORD(state, role, pid) (((uint64_t)(pid) << 32) | ((uint64_t)(role) << 8) | (state))
+#define CWORD(state, role, pid, seq)                                                                 \
+    (((uint64_t)(pid) << 32) | ((uint64_t)((seq) & 0xFFFFu) << 16) | ((uint64_t)(role) << 8) | (state))
+#define CW_WITH_STATE(w, state) (((w) & ~(uint64_t)0xFFu) | (state))
 
 enum {
     CNT_PUBLISHED, CNT_ACKED, CNT_NACKED, CNT_REDELIVERED, CNT_DISCARDED, CNT_DROPPED,
@@ -171,6 +177,12 @@ struct ar_queue {
     ar_config cfg;     /* delivery rules, validated at open */
     ar_queue *dlq;     /* this process's handle on the dead-letter queue, or NULL */
     uint32_t dlq_entry; /* our producer entry in it */
+    /* mine[i]: the ACTIVE word this process installed in entry i, or 0.
+     * Process-local; lets every operation check, with one load, that entry i
+     * is still this very registration (not closed, not reclaimed from under
+     * us by a wrong verdict, not re-taken by someone else).  Written under
+     * the caller's lock (the GIL), read by waits without it: relaxed atomics. */
+    uint64_t *mine;
 };
 
 _Static_assert(sizeof(ar_slot) == 64, "slot header is one cache line");
@@ -204,6 +216,7 @@ static inline ar_slot *slot_at(const ar_queue *q, uint64_t pos) {
 static inline uint32_t lap_of(const ar_queue *q, uint64_t pos) { return (uint32_t)(pos >> q->shift); }
 static inline unsigned char *payload(ar_slot *s) { return (unsigned char *)(s + 1); }
 static inline uint32_t next_gen(uint32_t g) { return g >= 0xFFFFu ? 1u : g + 1u; }
+static inline uint32_t prev_gen(uint32_t g) { return g <= 1u ? 0u : g - 1u; }
 
 uint64_t ar_now_ns(void) {
     struct timespec ts;
@@ -344,6 +357,13 @@ static void set_geometry(ar_queue *q, uint32_t cap, uint32_t msz, uint32_t max_c
     q->slots = q->base + slots_offset(max_clients);
 }
 
+static inline int entry_is_mine(const ar_queue *q, uint32_t e) {
+    /* seq_cst: the load half of the store-load pairing with a closer or
+     * reclaimer that marks the entry CLOSING/DEAD before scanning slots. */
+    uint64_t m = LOAD(&q->mine[e], RLX);
+    return m != 0 && LOAD(&q->clients[e].word, SEQ) == m;
+}
+
 int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t message_size,
               uint32_t max_clients, int mode, const ar_config *cfg, ar_queue **out) {
     if (ar_check_name(name) != AR_OK || capacity < 2 || capacity > AR_MAX_CAPACITY ||
@@ -383,6 +403,10 @@ int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t mes
     if ((rc = map_queue(fd, (size_t)size, &q)) != AR_OK)
         goto fail;
     set_geometry(q, capacity, message_size, max_clients);
+    if (!(q->mine = calloc(max_clients, sizeof *q->mine))) {
+        errno = ENOMEM;
+        goto fail;
+    }
     ar_header *h = q->hdr;
     h->version = AR_VERSION;
     h->header_size = sizeof(ar_header);
@@ -480,6 +504,11 @@ int ar_open(const char *dir, const char *name, ar_queue **out) {
         return rc;
     }
     set_geometry(q, h.capacity, h.message_size, h.max_clients);
+    if (!(q->mine = calloc(h.max_clients, sizeof *q->mine))) {
+        ar_close(q);
+        errno = ENOMEM;
+        return AR_ERRNO;
+    }
     q->queue_id = h.queue_id;
     q->created_ns = h.created_ns;
     q->cfg.max_deliveries = h.max_deliveries;
@@ -513,6 +542,7 @@ void ar_close(ar_queue *q) {
     if (!q)
         return;
     munmap(q->base, q->size);
+    free(q->mine);
     free(q);
 }
 
@@ -536,20 +566,24 @@ int ar_register(ar_queue *q, uint32_t role, uint32_t pid, uint64_t start_time, u
          * claimer killed before ACTIVE is still found and freed by reclaim.
          * acquire: we will reuse whatever the previous owner left; its release
          * store of FREE happens-before our writes. */
-        if (!CAS(&c->word, &w, CWORD(AR_C_CLAIMING, role, pid), ACQ, RLX))
+        uint32_t seq = CW_SEQ(w) + 1;
+        if (!CAS(&c->word, &w, CWORD(AR_C_CLAIMING, role, pid, seq), ACQ, RLX))
             continue;
         HOOK(H_REGISTER_CLAIMED);
         c->start_time = start_time;
         for (int k = 0; k < CNT_N; k++)
             STORE(&c->count[k], 0, RLX);
-        STORE(&c->waiting, 0, RLX);
+        /* `waiting` is not reset: sleepers of a previous, closed owner (other
+         * threads of a live process) still take their counts out themselves. */
         /* release: start_time and the zeroed counters are visible to whoever
          * reads ACTIVE with acquire (reclaim's liveness check).  A CAS, not a
          * store: if a stale verdict (pid reuse) marked the claim DEAD
          * meanwhile, the reclaimer owns it now and we look further. */
-        uint64_t claiming = CWORD(AR_C_CLAIMING, role, pid);
-        if (!CAS(&c->word, &claiming, CWORD(AR_C_ACTIVE, role, pid), REL, RLX))
+        uint64_t claiming = CWORD(AR_C_CLAIMING, role, pid, seq);
+        uint64_t active = CWORD(AR_C_ACTIVE, role, pid, seq);
+        if (!CAS(&c->word, &claiming, active, REL, RLX))
             continue;
+        STORE(&q->mine[i], active, RLX);
         *entry = i;
         return AR_OK;
     }
@@ -565,13 +599,15 @@ int ar_get_client(const ar_queue *q, uint32_t index, ar_client_info *out) {
     out->state = CW_STATE(w);
     out->role = CW_ROLE(w);
     out->pid = CW_PID(w);
+    out->word = w;
+    out->mine = LOAD(&q->mine[index], RLX) == w && w != 0;
     out->start_time = LOAD(&c->start_time, RLX);
     return AR_OK;
 }
 
 /* DELIVERED (word *w, held by someone else or by a dead process) -> READY
  * behind head.  Returns 1 on success; on failure *w has the current word. */
-static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w, int hint_raised) {
+static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w, int hint_raised, uint32_t gen) {
     ar_header *h = q->hdr;
     uint32_t lap = AR_W_LAP(*w);
     /* The holder may have died between its slot CAS and its head advance:
@@ -584,7 +620,7 @@ static int requeue_slot(ar_queue *q, ar_slot *s, uint32_t i, uint64_t *w, int hi
      * (unless a dead nacker raised it for this very slot already). */
     if (!hint_raised)
         FADD(&h->requeued, 1, SEQ);
-    if (CAS(&s->word, w, AR_WORD(AR_S_READY, AR_NO_OWNER, AR_W_GEN(*w), lap), SEQ, ACQ))
+    if (CAS(&s->word, w, AR_WORD(AR_S_READY, AR_NO_OWNER, gen, lap), SEQ, ACQ))
         return 1;
     if (!hint_raised)
         FSUB(&h->requeued, 1, RLX); /* lost the race: the hint goes back */
@@ -604,7 +640,7 @@ static uint32_t release_slots(ar_queue *q, uint32_t e) {
     uint64_t nacking = LOAD(&q->clients[e].nacking, RLX);
     for (uint32_t i = 0; i < q->capacity; i++) {
         ar_slot *s = slot_at(q, i);
-        uint64_t w = LOAD(&s->word, ACQ);
+        uint64_t w = LOAD(&s->word, SEQ); /* seq_cst: pairs with takers' entry_is_mine */
         for (;;) {
             uint32_t st = AR_W_STATE(w);
             if (AR_W_OWNER(w) != e || (st != AR_S_WRITING && st != AR_S_DELIVERED))
@@ -624,7 +660,7 @@ static uint32_t release_slots(ar_queue *q, uint32_t e) {
             } else {
                 uint64_t pos = nacking ? nacking - 1 : 0;
                 int raised = nacking && (pos & q->mask) == i && lap_of(q, pos) == lap;
-                if (requeue_slot(q, s, i, &w, raised)) {
+                if (requeue_slot(q, s, i, &w, raised, AR_W_GEN(w))) {
                     repaired++;
                     requeued++;
                     break;
@@ -644,7 +680,7 @@ static uint32_t release_slots(ar_queue *q, uint32_t e) {
 }
 
 /* Fold an entry's statistics into the retired totals and free the entry. */
-static void retire_entry(ar_queue *q, uint32_t e, uint64_t expect_word) {
+static void retire_entry(ar_queue *q, uint32_t e, uint64_t expect_word, int take_waiting) {
     ar_client *c = &q->clients[e];
     for (int k = 0; k < CNT_N; k++) {
         uint64_t v = LOAD(&c->count[k], RLX);
@@ -658,42 +694,64 @@ static void retire_entry(ar_queue *q, uint32_t e, uint64_t expect_word) {
      * publishers stop paying for futex wakes nobody needs.  Exchange first:
      * a reclaimer dying after it leaves the count high (harmless), never
      * subtracted twice. */
-    uint32_t wbits = __atomic_exchange_n(&c->waiting, 0, RLX);
-    if (wbits & 0xFFFFu)
-        FSUB(&q->hdr->consumers_waiting, wbits & 0xFFFFu, SEQ);
-    if (wbits >> 16)
-        FSUB(&q->hdr->producers_waiting, wbits >> 16, SEQ);
-    /* release: everything above happens-before the next claimer's acquire CAS. */
+    if (take_waiting) { /* only for a dead owner: a live closer's sleepers leave by themselves */
+        uint32_t wbits = __atomic_exchange_n(&c->waiting, 0, RLX);
+        if (wbits & 0xFFFFu)
+            FSUB(&q->hdr->consumers_waiting, wbits & 0xFFFFu, SEQ);
+        if (wbits >> 16)
+            FSUB(&q->hdr->producers_waiting, wbits >> 16, SEQ);
+    }
+    /* release: everything above happens-before the next claimer's acquire
+     * CAS.  FREE keeps seq, so the next claim gets a new one. */
     uint64_t w = expect_word;
-    CAS(&c->word, &w, CWORD(AR_C_FREE, 0, 0), REL, RLX);
+    CAS(&c->word, &w, CWORD(AR_C_FREE, 0, 0, CW_SEQ(expect_word)), REL, RLX);
 }
 
 int ar_unregister(ar_queue *q, uint32_t entry) {
     if (entry >= q->max_clients)
         return AR_INVAL;
-    uint64_t w = LOAD(&q->clients[entry].word, ACQ);
-    if (CW_STATE(w) != AR_C_ACTIVE)
+    /* Only this very registration of ours: never another process's entry
+     * that took the index after a reclaim freed ours. */
+    uint64_t w = LOAD(&q->mine[entry], RLX);
+    STORE(&q->mine[entry], 0, RLX);
+    if (w == 0)
         return AR_STALE;
-    /* DEAD first (seq_cst), then the scan: a get racing on another thread
-     * either is seen by the scan or sees DEAD and gives its slot back
-     * (store-load pairing with deliver()'s seq_cst check). */
-    uint64_t dead = CWORD(AR_C_DEAD, CW_ROLE(w), CW_PID(w));
-    if (!CAS(&q->clients[entry].word, &w, dead, SEQ, RLX))
+    /* CLOSING first (seq_cst), then the scan: a get or put racing on another
+     * thread either is seen by the scan or sees the entry is no longer
+     * ours and gives its slot back (store-load pairing with entry_is_mine).
+     * CLOSING, not DEAD: other processes' reclaim passes leave a live
+     * closer alone (they act on CLOSING only if its process is gone). */
+    uint64_t closing = CW_WITH_STATE(w, AR_C_CLOSING);
+    if (!CAS(&q->clients[entry].word, &w, closing, SEQ, RLX))
         return AR_STALE;
     release_slots(q, entry);
     STORE(&q->clients[entry].nacking, 0, RLX);
-    retire_entry(q, entry, dead);
+    retire_entry(q, entry, closing, 0);
     return AR_OK;
 }
 
-int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t pid, uint64_t start_time,
-                     uint32_t *repaired) {
+int ar_entry_ok(const ar_queue *q, uint32_t entry) {
+    return entry < q->max_clients && entry_is_mine(q, entry);
+}
+
+void ar_wake_all(ar_queue *q) {
+    FADD(&q->hdr->not_empty_seq, 1, SEQ);
+    futex_wake_all(&q->hdr->not_empty_seq);
+    FADD(&q->hdr->not_full_seq, 1, SEQ);
+    futex_wake_all(&q->hdr->not_full_seq);
+}
+
+int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint64_t verdict_word,
+                     uint64_t start_time, uint32_t *repaired) {
     *repaired = 0;
     /* reclaimer == max_clients: a caller with no entry of its own (a full table). */
     if (index >= q->max_clients || reclaimer > q->max_clients)
         return AR_INVAL;
     ar_header *h = q->hdr;
-    uint64_t me = ((uint64_t)(uint32_t)getpid() << 32) | (reclaimer + 1);
+    uint32_t pid = CW_PID(verdict_word);
+    uint64_t rw = reclaimer < q->max_clients ? LOAD(&q->mine[reclaimer], RLX) : 0;
+    /* lock word: holder pid, the holder entry's seq, holder entry + 1 */
+    uint64_t me = ((uint64_t)(uint32_t)getpid() << 32) | ((uint64_t)CW_SEQ(rw) << 16) | (reclaimer + 1);
     uint64_t held = 0;
     /* acquire: a previous reclaimer's repairs (release on unlock) are visible. */
     if (!CAS(&h->reclaim_lock, &held, me, ACQ, RLX)) {
@@ -702,10 +760,12 @@ int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t p
          * the very entry it is reclaiming dead and that entry is the
          * holder's; or the holder's entry no longer belongs to the holder;
          * or no process has the holder's pid. */
-        uint32_t hidx = (uint32_t)(held & 0xFFFFFFFFu) - 1, hpid = (uint32_t)(held >> 32);
+        uint32_t hidx = (uint32_t)(held & 0xFFFFu) - 1, hseq = (uint32_t)((held >> 16) & 0xFFFFu);
+        uint32_t hpid = (uint32_t)(held >> 32);
         uint64_t hw = hidx < q->max_clients ? LOAD(&q->clients[hidx].word, ACQ) : 0;
-        int holder_dead = (hidx == index && hpid == pid) ||
-                          (hidx < q->max_clients && (CW_PID(hw) != hpid || CW_STATE(hw) != AR_C_ACTIVE)) ||
+        int holder_dead = (hidx == index && hpid == pid && hseq == CW_SEQ(verdict_word)) ||
+                          (hidx < q->max_clients &&
+                           (CW_PID(hw) != hpid || CW_SEQ(hw) != hseq || CW_STATE(hw) != AR_C_ACTIVE)) ||
                           (kill((pid_t)hpid, 0) != 0 && errno == ESRCH);
         if (!holder_dead)
             return AR_AGAIN;
@@ -717,23 +777,30 @@ int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t p
     ar_client *c = &q->clients[index];
     uint64_t w = LOAD(&c->word, ACQ);
     uint32_t st = CW_STATE(w);
-    if (CW_PID(w) != pid || st == AR_C_FREE ||
+    /* The verdict was about exactly this word (state, seq and pid): any
+     * change since (a close finished, the index re-taken, even by the same
+     * process) makes it stale.  For a live state the start time must match
+     * too. */
+    if (w != verdict_word || st == AR_C_FREE ||
         (st != AR_C_DEAD && LOAD(&c->start_time, RLX) != start_time)) {
-        rc = AR_STALE; /* the entry changed hands since the verdict: leave it */
+        rc = AR_STALE;
     } else {
-        uint64_t dead = CWORD(AR_C_DEAD, CW_ROLE(w), pid);
+        uint64_t dead = CW_WITH_STATE(w, AR_C_DEAD);
         /* DEAD first: nobody may claim the entry while its slots are repaired,
          * so a repair can never hit a newcomer under the same index. */
-        if (st != AR_C_DEAD && !CAS(&c->word, &w, dead, ACQREL, ACQ)) {
+        if (st != AR_C_DEAD && !CAS(&c->word, &w, dead, SEQ, ACQ)) {
             rc = AR_STALE;
         } else {
             *repaired = release_slots(q, index);
             STORE(&c->nacking, 0, RLX);
-            retire_entry(q, index, dead);
+            retire_entry(q, index, dead, 1);
         }
     }
-    /* release: our repairs happen-before the next reclaimer's acquire. */
-    STORE(&h->reclaim_lock, 0, REL);
+    /* release: our repairs happen-before the next reclaimer's acquire.  A
+     * CAS, not a store: if our lock was broken meanwhile (we were judged
+     * dead), the successor's lock stays. */
+    uint64_t mine_lock = me;
+    CAS(&h->reclaim_lock, &mine_lock, 0, REL, RLX);
     return rc;
 }
 
@@ -755,11 +822,22 @@ static int claim_slot(ar_queue *q, uint32_t e, uint64_t *pos, ar_slot **slot) {
         int32_t d = (int32_t)(AR_W_LAP(w) - lap);
         if (d == -1) {
             if (AR_W_STATE(w) == AR_S_FREE) {
-                /* I2: claim the slot first, naming ourselves as owner; acquire as above. */
-                if (!CAS(&s->word, &w, AR_WORD(AR_S_WRITING, e, 0, lap), ACQ, RLX))
+                /* I2: claim the slot first, naming ourselves as owner; acquire as
+                 * above, seq_cst for the pairing with a closer (entry_is_mine). */
+                if (!CAS(&s->word, &w, AR_WORD(AR_S_WRITING, e, 0, lap), SEQ, RLX))
                     continue;
                 HOOK(H_PUT_CLAIMED);
                 help_advance(&h->tail, t); /* then the position; anyone may finish this */
+                if (!entry_is_mine(q, e)) {
+                    /* Our entry was closed or reclaimed: discard the claim
+                     * (consumers step over it) rather than write under it. */
+                    uint64_t exp = AR_WORD(AR_S_WRITING, e, 0, lap);
+                    if (CAS(&s->word, &exp, AR_WORD(AR_S_FREE, AR_OUT_DISCARDED, 0, lap), SEQ, RLX)) {
+                        wake_consumers(q);
+                        wake_producers(q);
+                    }
+                    return AR_STALE;
+                }
                 *pos = t;
                 *slot = s;
                 return AR_OK;
@@ -867,8 +945,10 @@ static int dlq_put(ar_queue *q, uint32_t e, const ar_death *dh, const unsigned c
         ar_slot *ts = slot_at(dq, t);
         uint64_t w = LOAD(&ts->word, ACQ);
         uint32_t plap = lap_of(dq, t) - 1;
-        if (AR_W_LAP(w) != plap || AR_W_STATE(w) != AR_S_READY)
-            break;
+        if (AR_W_LAP(w) != plap || AR_W_STATE(w) == AR_S_FREE)
+            continue; /* tail moved or the slot just came free: claim again */
+        if (AR_W_STATE(w) != AR_S_READY)
+            break; /* held by a DLQ consumer (or being written): no room to make */
         uint64_t oldest = t - dq->capacity, hd = LOAD(&dq->hdr->head, ACQ);
         if (!CAS(&ts->word, &w, AR_WORD(AR_S_FREE, AR_OUT_DROPPED, AR_W_GEN(w), plap), SEQ, RLX))
             continue;
@@ -965,9 +1045,10 @@ static int deliver(ar_queue *q, uint32_t e, ar_slot *s, uint64_t pos, uint64_t m
      * store-load pairing with ar_unregister (DEAD, then scan): either its
      * scan sees our DELIVERED word, or we see DEAD here, or both (one
      * requeue wins, the other CAS fails). */
-    if (CW_STATE(LOAD(&q->clients[e].word, SEQ)) != AR_C_ACTIVE) {
+    if (!entry_is_mine(q, e)) {
+        /* Give it back as it was: this take does not count as a delivery. */
         uint64_t w = mine;
-        requeue_slot(q, s, (uint32_t)(pos & q->mask), &w, 0);
+        requeue_slot(q, s, (uint32_t)(pos & q->mask), &w, 0, prev_gen(AR_W_GEN(mine)));
         wake_consumers(q);
         return AR_STALE;
     }
@@ -1014,8 +1095,9 @@ static int take_requeued(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease
         if (AR_W_LAP(w) != lap || AR_W_STATE(w) != AR_S_READY)
             continue;
         uint64_t mine = AR_WORD(AR_S_DELIVERED, e, next_gen(AR_W_GEN(w)), lap);
-        /* acquire: the requeuer's release (its CAS) made the slot's fields visible. */
-        if (!CAS(&s->word, &w, mine, ACQ, RLX))
+        /* acquire: the requeuer's release (its CAS) made the slot's fields
+         * visible; seq_cst: store-load pairing with a closer (entry_is_mine). */
+        if (!CAS(&s->word, &w, mine, SEQ, RLX))
             continue;
         FSUB(&h->requeued, 1, RLX); /* I5: lowered only after the slot left READY */
         int rc = deliver(q, e, s, p, mine, d, lease_ns);
@@ -1047,8 +1129,9 @@ static int try_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns) {
             if (st == AR_S_READY) {
                 uint64_t mine = AR_WORD(AR_S_DELIVERED, e, next_gen(AR_W_GEN(w)), lap);
                 /* I2: take the slot first, naming ourselves; acquire pairs with the
-                 * producer's publish CAS so the payload is visible. */
-                if (!CAS(&s->word, &w, mine, ACQ, RLX))
+                 * producer's publish CAS so the payload is visible; seq_cst for
+                 * the store-load pairing with a closer (entry_is_mine). */
+                if (!CAS(&s->word, &w, mine, SEQ, RLX))
                     continue;
                 HOOK(H_GET_CLAIMED);
                 help_advance(&h->head, hd); /* then the position; anyone may finish this */
@@ -1253,7 +1336,7 @@ int ar_expire_leases(ar_queue *q, uint32_t e, uint32_t *n) {
             ar_delivery d;
             if (fill_delivery(q, s, pos, mine, &d) == AR_OK && dead_letter(q, e, &d, AR_DL_LEASE_EXPIRED) == AR_OK)
                 (*n)++;
-        } else if (requeue_slot(q, s, i, &w, 0)) {
+        } else if (requeue_slot(q, s, i, &w, 0, AR_W_GEN(w))) {
             count(q, e, CNT_LEASE_EXPIRED, 1);
             requeued++;
             (*n)++;

@@ -116,8 +116,10 @@ typedef struct ar_stats {
 /* Per-client liveness record as stored in the table (read by the Python layer,
  * which asks psutil whether pid with that start time still runs). */
 typedef struct ar_client_info {
-    uint32_t index, role, pid, state;
-    uint64_t start_time; /* opaque identity of the process start (psutil create_time bits) */
+    uint32_t index, role, pid, state; /* state: 0 free, 1 claiming, 2 active, 3 dead, 4 closing */
+    uint64_t start_time; /* identity of the process start: ms since boot, + 1 (0: not yet written) */
+    uint64_t word;       /* the whole entry word (state, role, seq, pid): a reclaim verdict names it */
+    uint32_t mine;       /* 1 if it is a live registration made through this handle */
 } ar_client_info;
 
 typedef struct ar_queue ar_queue; /* process-local handle; never shared */
@@ -144,12 +146,18 @@ uint64_t ar_created_ns(const ar_queue *q);
 /* Process table */
 int ar_register(ar_queue *q, uint32_t role, uint32_t pid, uint64_t start_time, uint32_t *entry);
 int ar_unregister(ar_queue *q, uint32_t entry); /* requeues what the entry still holds, frees it */
+/* 1 if `entry` is still this handle's own live registration (not closed, not
+ * reclaimed from under us, not re-taken by anyone). */
+int ar_entry_ok(const ar_queue *q, uint32_t entry);
+/* Wake every sleeper of this queue (they re-check and see a close). */
+void ar_wake_all(ar_queue *q);
 int ar_get_client(const ar_queue *q, uint32_t index, ar_client_info *out);
-/* Repair everything a dead client left behind and free its entry.  `pid` and
- * `start_time` must match the entry, so a stale verdict cannot hit a newcomer.
+/* Repair everything a dead client left behind and free its entry.
+ * `verdict_word` (the entry word the caller judged dead) and `start_time`
+ * must still match the entry, so a stale verdict cannot hit a newcomer.
  * *repaired gets the number of slots put right.  Serialised by the segment's
  * reclaim lock: returns AR_AGAIN when another live reclaimer holds it. */
-int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t pid,
+int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint64_t verdict_word,
                      uint64_t start_time, uint32_t *repaired);
 
 /* Messages.  deadline_ns: 0 = do not wait, UINT64_MAX = no deadline, else an

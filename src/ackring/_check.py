@@ -10,7 +10,7 @@ from ._liveness import dead_entries
 
 AR_MAGIC = 0x474E49524B434121
 STATE_NAMES = {0: "FREE", 1: "WRITING", 2: "READY", 3: "DELIVERED"}
-CLIENT_STATES = {0: "FREE", 1: "CLAIMING", 2: "ACTIVE", 3: "DEAD"}
+CLIENT_STATES = {0: "FREE", 1: "CLAIMING", 2: "ACTIVE", 3: "DEAD", 4: "CLOSING"}
 NO_OWNER = 0xFFF
 # A FREE word's owner field records how the slot's message was settled (AR_OUT_* in ext/ackring.h).
 FREE_OUTCOMES = {0, 1, 3, 4, 5, 6, 0xFFE, 0xFFF}
@@ -41,8 +41,9 @@ def check_segment(seg):
         problems.append("tail %d is more than capacity %d ahead of head %d" % (tail, cap, head))
 
     clients = {row[0]: row for row in seg.clients()}
-    dead = {index for index, _pid, _start in dead_entries(clients.values())}
-    for index, state, role, pid, _start in clients.values():
+    dead = {row[0] for row in dead_entries(clients.values())}
+    for row in clients.values():
+        index, state, pid = row[0], row[1], row[3]
         if state not in CLIENT_STATES:
             problems.append("client %d: unknown state %d" % (index, state))
         elif index in dead:
@@ -51,7 +52,7 @@ def check_segment(seg):
 
     lock = h["reclaim_lock"]
     if lock:
-        holder_pid, holder_entry = lock >> 32, (lock & 0xFFFFFFFF) - 1
+        holder_pid, holder_entry = lock >> 32, (lock & 0xFFFF) - 1
         row = clients.get(holder_entry)
         if row is None or row[3] != holder_pid or holder_entry in dead:
             problems.append("the reclaim lock is held by pid %d, which is gone: the next reclaim breaks it"

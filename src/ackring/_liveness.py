@@ -13,7 +13,7 @@ import os
 
 import psutil
 
-_C_CLAIMING, _C_ACTIVE, _C_DEAD = 1, 2, 3
+_C_CLAIMING, _C_ACTIVE, _C_DEAD, _C_CLOSING = 1, 2, 3, 4
 _self = None
 
 
@@ -53,20 +53,24 @@ def is_alive(pid, start_ms):
 
 
 def dead_entries(clients):
-    """From Segment.clients() rows, the (index, pid, start_time) of dead owners.
+    """From Segment.clients() rows, the (index, word, start_time) of entries
+    whose owner is dead: the verdict names the exact entry word, so it goes
+    stale the moment the entry changes.
 
     A DEAD entry (a reclaimer died half way) is always returned: its owner was
-    judged dead already, and its pid may by now belong to someone else."""
+    judged dead already, and its pid may by now belong to someone else.  A
+    CLOSING entry is returned only if its process is gone (a live process
+    closes its own)."""
     me = os.getpid()
     out = []
-    for index, state, role, pid, start in clients:
+    for index, state, role, pid, start, word, mine in clients:
         if state == _C_DEAD:
-            out.append((index, pid, start))
-        elif state in (_C_CLAIMING, _C_ACTIVE):
+            out.append((index, word, start))
+        elif state in (_C_CLAIMING, _C_ACTIVE, _C_CLOSING):
             if pid == me:
                 # Our own entries are live; a forked child never inherits
                 # entries under its own pid, so this cannot misjudge.
                 continue
-            if not is_alive(pid, start if state == _C_ACTIVE else 0):
-                out.append((index, pid, start))
+            if not is_alive(pid, start if state != _C_CLAIMING else 0):
+                out.append((index, word, start))
     return out

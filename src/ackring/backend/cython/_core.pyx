@@ -61,6 +61,8 @@ cdef extern from "ackring.h" nogil:
     ctypedef struct ar_client_info:
         uint32_t index, role, pid, state
         uint64_t start_time
+        uint64_t word
+        uint32_t mine
     uint64_t AR_NO_DEADLINE
     uint64_t AR_WAIT_SLICE_NS
 
@@ -79,8 +81,10 @@ cdef extern from "ackring.h" nogil:
     uint64_t ar_created_ns(const ar_queue *q)
     int ar_register(ar_queue *q, uint32_t role, uint32_t pid, uint64_t start_time, uint32_t *entry)
     int ar_unregister(ar_queue *q, uint32_t entry)
+    int ar_entry_ok(const ar_queue *q, uint32_t entry)
+    void ar_wake_all(ar_queue *q)
     int ar_get_client(const ar_queue *q, uint32_t index, ar_client_info *out)
-    int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint32_t pid,
+    int ar_reclaim_entry(ar_queue *q, uint32_t reclaimer, uint32_t index, uint64_t verdict_word,
                          uint64_t start_time, uint32_t *repaired)
     int ar_put(ar_queue *q, uint32_t entry, const void *data, size_t len, uint64_t deadline_ns,
                uint64_t ttl_ns, uint64_t *id)
@@ -326,8 +330,10 @@ cdef class Segment:
         ar_attach_dlq(self.q, dlq.q, self.dlq_entry)
 
     cdef int refresh(self) except -1:
-        """After fork: take our own entry in the dead-letter queue."""
-        if self.dlq is not None and self.dlq_gen != _fork_gen and not self.dlq.closed:
+        """Make sure our entry in the dead-letter queue is ours: after fork,
+        or after a reclaim took it from under us, take a new one."""
+        if self.dlq is not None and not self.dlq.closed and (
+                self.dlq_gen != _fork_gen or not ar_entry_ok(self.dlq.q, self.dlq_entry)):
             self.dlq_entry = self.dlq.register(AR_ROLE_OBSERVER)
             self.dlq_gen = _fork_gen
             ar_attach_dlq(self.q, self.dlq.q, self.dlq_entry)
@@ -374,7 +380,9 @@ cdef class Segment:
         }
 
     def clients(self):
-        """Every non-free process-table entry as (index, state, role, pid, start_time)."""
+        """Every non-free process-table entry as (index, state, role, pid,
+        start_time, word, mine): word is the whole entry word a reclaim
+        verdict names; mine is True for this handle's own live entries."""
         cdef ar_client_info ci
         cdef uint32_t i
         self.check()
@@ -382,7 +390,7 @@ cdef class Segment:
         for i in range(ar_max_clients(self.q)):
             ar_get_client(self.q, i, &ci)
             if ci.state != 0:
-                out.append((ci.index, ci.state, ci.role, ci.pid, ci.start_time))
+                out.append((ci.index, ci.state, ci.role, ci.pid, ci.start_time, ci.word, bool(ci.mine)))
         return out
 
     cdef bint leases_in_use(self):
@@ -434,7 +442,7 @@ cdef class Segment:
         if not dead and not self.leases_in_use():
             return total
         cdef uint32_t me = ar_max_clients(self.q)   # "no entry of our own"
-        if not self.has_observer or self.observer_gen != _fork_gen:
+        if not self.has_observer or self.observer_gen != _fork_gen or not ar_entry_ok(self.q, self.observer):
             try:
                 self.observer = self.register(AR_ROLE_OBSERVER)
                 self.observer_gen = _fork_gen
@@ -450,12 +458,12 @@ cdef class Segment:
         # are done.
         for _ in range(2):
             again = []
-            for index, pid, start in dead:
-                rc = ar_reclaim_entry(self.q, me, index, pid, start, &repaired)
+            for index, word, start in dead:
+                rc = ar_reclaim_entry(self.q, me, index, word, start, &repaired)
                 if rc == AR_OK:
                     total += repaired
                 elif rc == AR_AGAIN:
-                    again.append((index, pid, start))
+                    again.append((index, word, start))
                 elif rc != AR_STALE:
                     raise _error(rc, self.name)
             if not again or len(again) == len(dead):
@@ -483,6 +491,14 @@ cdef class _Client:
     cdef readonly bint closed
     cdef object __weakref__
 
+    def __dealloc__(self):
+        # Dropped without close(): give the entry back (a consumer's
+        # unsettled deliveries are requeued) so the table does not fill up.
+        # Messages keep their consumer alive, so none is outstanding here.
+        seg = self.segment
+        if seg is not None and not self.closed and self.gen == _fork_gen and not seg.closed:
+            ar_unregister((<Segment>seg).q, self.entry)
+
     cdef inline int check(self) except -1:
         if self.closed or self.segment.closed:
             raise E.QueueClosed("%s of queue %r is closed" % (type(self).__name__, self.segment.name))
@@ -496,11 +512,8 @@ cdef class _Client:
         """If our entry was reclaimed from under us (a live process judged
         dead), take a new one; True if so.  What the old entry held was
         already requeued or discarded by that reclaim."""
-        cdef ar_client_info ci
         self.check()
-        ar_get_client(self.segment.q, self.entry, &ci)
-        pid, start = _liveness.self_identity()
-        if ci.state == 2 and ci.pid == pid and ci.start_time == start:
+        if ar_entry_ok(self.segment.q, self.entry):
             return False
         self.entry = self.segment.register(self.role)
         return True
@@ -511,6 +524,7 @@ cdef class _Client:
             self.closed = True
             if self.gen == _fork_gen and not self.segment.closed:
                 ar_unregister(self.segment.q, self.entry)
+                ar_wake_all(self.segment.q)  # our other threads asleep in a call see the close
 
     def __enter__(self):
         return self
@@ -733,6 +747,15 @@ cdef class Reservation:
     def __init__(self):
         raise TypeError("reservations come from Producer.reserve()")
 
+    def __dealloc__(self):
+        # Dropped without commit or abort: abort, or consumers would wait
+        # behind the slot for the rest of the producer's life.
+        p = self.producer
+        if p is not None and not self.done and self.gen == _fork_gen:
+            if not (<Producer>p).closed and (<Producer>p).segment is not None \
+                    and not (<Producer>p).segment.closed:
+                ar_abort((<Producer>p).segment.q, (<Producer>p).entry, self.pos)
+
     property id:
         """The message id it will have (its ring position)."""
         def __get__(self): return self.pos
@@ -891,7 +914,9 @@ cdef class Consumer(_Client):
                     self.check()
             out = [self._message(&ds[i], copy) for i in range(got)]
             if rc == AR_STALE and self.reattach():
-                return out + self.get_many(n - got, timeout, copy) if got < n else out
+                if got:
+                    return out  # keep what we hold; the next call uses the new entry
+                return self.get_many(n, timeout, copy)
             if rc != AR_OK:
                 raise _error(rc, "get from queue %r" % (self.segment.name,))
             return out
