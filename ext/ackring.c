@@ -287,7 +287,7 @@ static void futex_wait(uint32_t *addr, uint32_t expected, uint64_t timeout_ns) {
 }
 static void futex_wake_all(uint32_t *addr) { syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }
 
-/* Wake sleepers of one side if any announced themselves.  Called right after a
+/* I6 (no lost wakeup), publisher half.  Wake sleepers of one side if any announced themselves.  Called right after a
  * seq_cst CAS that made the awaited condition true: that CAS and the seq_cst
  * load of *waiting pair with the sleeper's seq_cst fetch-add on *waiting and its
  * seq_cst re-check (Dekker), so either we see the sleeper or it sees our CAS.
@@ -1164,7 +1164,7 @@ static int try_get(ar_queue *q, uint32_t e, ar_delivery *d, uint64_t lease_ns) {
     }
 }
 
-/* Spin briefly, then one bounded sleep on a futex word after announcing
+/* I6 (no lost wakeup), sleeper half.  Spin briefly, then one bounded sleep on a futex word after announcing
  * ourselves in *waiting.  Returns the attempt's result, `none` at the
  * deadline, or AR_AGAIN after at most one slice (so the caller can check for
  * signals and run a reclaim pass). */
