@@ -1,9 +1,16 @@
-"""Build the one C extension of ackring: ``ackring.backend.cython._core``.
+"""Build ackring's two C extensions, one per backend, over the same C core:
 
-All package metadata lives in pyproject.toml; this file only describes the
-extension (the Cython wrapper compiled together with the C core in ext/).
+``ackring.backend.cython._core``
+    the Cython wrapper compiled together with ext/ackring.c (CPython path);
+``ackring.backend.cffi._ackring_cffi``
+    the cffi module of ext/ackring.c (PyPy path), described by
+    src/ackring/backend/cffi/_build.py and handed to cffi through
+    ``cffi_modules``.
 
-Environment switches, read at build time:
+On PyPy only the cffi module is built (Cython extensions run slowly there,
+through cpyext).  All package metadata lives in pyproject.toml.
+
+Environment switches, read at build time, for both extensions:
 
 ``ACKRING_DEBUG=1``
     ``-O0 -g -DACKRING_DEBUG=1`` and Cython bounds/wraparound checks on.
@@ -18,56 +25,31 @@ stamped in build/ and a changed stamp forces a full rebuild, and the Cython
 output of debug and release builds lives in separate directories.
 """
 
+import importlib.util
 import os
-import re
+import platform
 import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-try:
-    from Cython.Build import cythonize
-except ImportError:  # pragma: no cover - pyproject.toml lists Cython as a build requirement
-    sys.exit("ackring: building needs Cython>=3.0 (pip installs it from pyproject.toml's build requirements)")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+CFFI_BUILD = "src/ackring/backend/cffi/_build.py"
+PYPY = platform.python_implementation() == "PyPy"
 
 
-def _flag(name):
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "no", "false", "off")
+def _load_cffi_build():
+    """_build.py as a module: it holds the compiler flags both extensions use."""
+    spec = importlib.util.spec_from_file_location("_ackring_cffi_build", os.path.join(HERE, CFFI_BUILD))
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except ImportError as e:  # pragma: no cover - pyproject.toml lists cffi as a build requirement
+        sys.exit("ackring: building needs cffi>=1.15 (pip installs it from pyproject.toml's build requirements): %s" % e)
+    return mod
 
 
-def _sanitizers():
-    raw = os.environ.get("ACKRING_SANITIZE", "").strip().lower()
-    if raw in ("", "0", "no", "false", "off"):
-        return None
-    if raw in ("1", "yes", "true", "on"):
-        return "address,undefined"
-    if not re.fullmatch(r"[a-z]+(,[a-z]+)*", raw):
-        sys.exit("ackring: ACKRING_SANITIZE must be 1 or a comma-separated sanitizer list, got %r" % raw)
-    return raw
-
-
-DEBUG = _flag("ACKRING_DEBUG")
-SANITIZE = _sanitizers()
-
-compile_args = [
-    "-std=gnu11",
-    "-Wall",
-    "-Wextra",
-    "-Wno-unused-parameter",
-    "-fno-strict-aliasing",
-]
-link_args = []
-define_macros = []
-if DEBUG:
-    compile_args += ["-O0", "-g", "-UNDEBUG"]  # CPython's CFLAGS carry -DNDEBUG: keep assert() on
-    define_macros.append(("ACKRING_DEBUG", "1"))
-else:
-    compile_args += ["-O2"]
-if SANITIZE:
-    compile_args += ["-fsanitize=" + SANITIZE, "-fno-omit-frame-pointer"]
-    link_args += ["-fsanitize=" + SANITIZE]
+DEBUG, SANITIZE, compile_args, link_args, define_macros = _load_cffi_build().build_flags()
 
 directives = {
     "language_level": 3,
@@ -113,12 +95,26 @@ extensions = [
     )
 ]
 
-setup(
-    ext_modules=cythonize(
+
+def _cython_extensions():
+    if PYPY:
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:  # pragma: no cover - pyproject.toml lists Cython as a build requirement
+        sys.exit("ackring: building needs Cython>=3.0 (pip installs it from pyproject.toml's build requirements)")
+    return cythonize(
         extensions,
         compiler_directives=directives,
         build_dir=os.path.join("build", "cython-debug" if DEBUG else "cython"),
         quiet=True,
-    ),
+    )
+
+
+setup(
+    ext_modules=_cython_extensions(),
+    # cffi's setuptools hook adds the cffi module to ext_modules and generates
+    # its C source in build_ext (ours, so a mode change rebuilds it too).
+    cffi_modules=[CFFI_BUILD + ":ffibuilder"],
     cmdclass={"build_ext": BuildExt},
 )

@@ -243,9 +243,13 @@ def _reopen(name, directory, watchdog=DEFAULT_WATCHDOG_INTERVAL):
 def _opened(segment, watchdog):
     if not segment.is_dlq:
         try:
-            segment.attach_dlq(Segment.open(segment.directory, segment.name + DLQ_SUFFIX))
+            dlq = Segment.open(segment.directory, segment.name + DLQ_SUFFIX)
         except QueueNotFound:
             pass  # removed by hand: dead letters are dropped, and counted (stats "dropped")
+        else:
+            if dlq.clients():
+                dlq.reclaim()  # free its dead entries before we take one there
+            segment.attach_dlq(dlq)
     q = Queue(segment, watchdog)
     # Opening a queue whose processes have all died recovers it.
     if segment.clients():

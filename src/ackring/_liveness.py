@@ -1,13 +1,17 @@
 """Telling live processes from dead ones, with psutil.
 
-A process-table entry records a pid and the process's start time, as whole
-milliseconds since boot: psutil's ``create_time() - boot_time()``.  (Both
-are wall-clock figures built on the kernel's boot time, which moves when the
-clock is stepped; their difference does not, so a clock step cannot make a
-live process look dead.)  An entry is dead when no process has that pid, the
-one that has it is a zombie, or it started at another time (the pid was
-reused): comparing start times keeps a recycled pid from passing for the
-dead owner.
+A process-table entry records a pid and the process's start time, as the
+kernel's ``starttime`` (clock ticks since boot, field 22 of /proc/PID/stat),
+plus one so that 0 can mean "not written yet".  Ticks since boot never move
+when the wall clock is stepped, unlike psutil's ``create_time()`` (a wall-
+clock figure built on a boot time that some psutil versions cache): so a
+clock step cannot make a live process look dead.  psutil has no public call
+for the raw ticks, hence the few lines that read them below; everything else
+(does the pid exist, is it a zombie) is psutil's.
+
+An entry is dead when no process has that pid, the one that has it is a
+zombie, or it started at another time (the pid was reused): comparing start
+times keeps a recycled pid from passing for the dead owner.
 """
 import os
 
@@ -17,17 +21,24 @@ _C_CLAIMING, _C_ACTIVE, _C_DEAD, _C_CLOSING = 1, 2, 3, 4
 _self = None
 
 
-def _start_ms(p):
-    # +1: 0 is reserved for "not written yet" (an entry still CLAIMING)
-    return round((p.create_time() - psutil.boot_time()) * 1000) + 1
+def _start_ticks(pid):
+    """The process's start time in clock ticks since boot, + 1; None if gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19]) + 1  # field 22 overall
 
 
 def self_identity():
-    """(pid, start time in ms since boot) of this process, cached until the next fork."""
+    """(pid, start ticks) of this process, cached until the next fork."""
     global _self
     if _self is None:
-        p = psutil.Process()
-        _self = (p.pid, _start_ms(p))
+        pid = os.getpid()
+        _self = (pid, _start_ticks(pid))
     return _self
 
 
@@ -36,20 +47,18 @@ def forget_self():
     _self = None
 
 
-def is_alive(pid, start_ms):
+def is_alive(pid, start_ticks):
     try:
         p = psutil.Process(pid)
-        with p.oneshot():
-            started = _start_ms(p)
-            if p.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped
-                return False
+        if p.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped
+            return False
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:  # someone else's live process
         return True
-    if start_ms == 0:
+    if start_ticks == 0:
         return True  # entry still CLAIMING: its start time is not written yet
-    return abs(started - start_ms) <= 1  # 1 ms of float rounding
+    return _start_ticks(pid) == start_ticks
 
 
 def dead_entries(clients):

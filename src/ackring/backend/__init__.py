@@ -1,17 +1,56 @@
 """Backend selection, pyzmq style.
 
-Every backend exposes the names in ``public_api``.  The Cython backend is the
-CPython path; a cffi backend over the same ext/ackring.c (the PyPy path) is
-planned.  ``ACKRING_BACKEND=cython`` forces a choice.
+Every backend exposes the names in ``public_api``, over the same C core
+(ext/ackring.c):
+
+``cython``
+    ackring.backend.cython._core, the CPython path (default on CPython).
+``cffi``
+    ackring.backend.cffi, plain Python over a cffi module, the PyPy path
+    (default on PyPy).  On CPython <= 3.11 a Python class cannot export a
+    buffer, so there ``memoryview(m)`` needs ``m.view()`` instead.
+
+``ACKRING_BACKEND=cython`` or ``ACKRING_BACKEND=cffi`` forces a choice; the
+chosen backend missing (not built, or failing to import) is an ImportError.
+``name`` is the backend in use (also ``ackring.backend``).
 """
+import importlib
 import os
+import platform
 
 public_api = ["Segment", "Producer", "Consumer", "Message", "Reservation", "set_test_hook"]
 
-_choice = os.environ.get("ACKRING_BACKEND", "cython")
-if _choice != "cython":
-    raise ImportError("unknown ACKRING_BACKEND %r (available: cython)" % (_choice,))
+_MODULES = {"cython": "ackring.backend.cython._core", "cffi": "ackring.backend.cffi._core"}
+_BUILT = {"cython": "`pip install .` builds it on CPython (not on PyPy)",
+          "cffi": "`pip install .` builds it (with cffi>=1.15)"}
 
-from .cython._core import Consumer, Message, Producer, Reservation, Segment, set_test_hook  # noqa: E402
+
+def _default():
+    return "cffi" if platform.python_implementation() == "PyPy" else "cython"
+
+
+def _load(choice):
+    try:
+        return importlib.import_module(_MODULES[choice])
+    except ImportError as e:
+        raise ImportError(
+            "ackring: the %s backend is not available (%s: %s); %s%s"
+            % (choice, type(e).__name__, e, _BUILT[choice],
+               "" if os.environ.get("ACKRING_BACKEND") else "; ACKRING_BACKEND=cython|cffi picks another"),
+            name=e.name, path=e.path) from e
+
+
+_choice = os.environ.get("ACKRING_BACKEND", "").strip().lower() or _default()
+if _choice not in _MODULES:
+    raise ImportError("unknown ACKRING_BACKEND %r (available: %s)"
+                      % (os.environ.get("ACKRING_BACKEND"), ", ".join(sorted(_MODULES))))
+
+_backend = _load(_choice)
+Segment = _backend.Segment
+Producer = _backend.Producer
+Consumer = _backend.Consumer
+Message = _backend.Message
+Reservation = _backend.Reservation
+set_test_hook = _backend.set_test_hook
 
 name = _choice

@@ -742,7 +742,7 @@ cdef class Reservation:
     cdef unsigned long gen
     cdef uint64_t ttl_ns
     cdef readonly bint done
-    cdef object view
+    cdef object _view
 
     def __init__(self):
         raise TypeError("reservations come from Producer.reserve()")
@@ -771,6 +771,10 @@ cdef class Reservation:
     def __releasebuffer__(self, Py_buffer *buffer):
         pass
 
+    def view(self):
+        """memoryview(r), writable: spelled so that code runs on both backends."""
+        return memoryview(self)
+
     cdef int _finish(self, bint commit, Py_ssize_t length) except -1:
         cdef int rc
         cdef Producer p = self.producer
@@ -782,12 +786,12 @@ cdef class Reservation:
             raise E.StaleDelivery("reservation %d belongs to the parent process" % self.pos)
         if commit and not 0 <= length <= self.size:
             raise ValueError("commit length must be from 0 to %d, not %d" % (self.size, length))
-        if self.view is not None:
+        if self._view is not None:
             try:
-                self.view.release()  # the in-place view dies with the reservation
+                self._view.release()  # the in-place view dies with the reservation
             except BufferError:
                 pass  # the caller still holds slices of it; they point at a slot no longer ours
-            self.view = None
+            self._view = None
         rc = ar_commit(p.segment.q, p.entry, self.pos, length, self.ttl_ns) if commit else ar_abort(p.segment.q, p.entry, self.pos)
         self.done = True
         if rc != AR_OK:
@@ -804,8 +808,8 @@ cdef class Reservation:
         self._finish(False, 0)
 
     def __enter__(self):
-        self.view = memoryview(self)
-        return self.view
+        self._view = memoryview(self)
+        return self._view
 
     def __exit__(self, exc_type, exc, tb):
         if not self.done:
@@ -1043,6 +1047,12 @@ cdef class Message:
 
     def __releasebuffer__(self, Py_buffer *buffer):
         pass
+
+    def view(self):
+        """memoryview(m): the read-only zero-copy view, spelled so that code
+        runs on both backends (the cffi one cannot export a buffer on
+        CPython <= 3.11)."""
+        return memoryview(self)
 
     cdef int _settle(self, int how) except -1:
         # how: 0 ack, 1 nack+requeue, 2 nack drop
