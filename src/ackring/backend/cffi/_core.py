@@ -333,6 +333,11 @@ class Segment:
     queue_id = property(lambda self: lib.ar_queue_id(self._q))
     created_ns = property(lambda self: lib.ar_created_ns(self._q))
 
+    def _entry_word(self, entry):
+        ci = ffi.new("ar_client_info *")
+        lib.ar_get_client(self._q, entry, ci)
+        return ci.word
+
     def _register(self, role):
         self._check()
         self._refresh()  # a client made in a forked child: our DLQ entry must be ours too
@@ -427,6 +432,7 @@ class Segment:
         me = lib.ar_max_clients(self._q)   # "no entry of our own"
         if (not self._has_observer or self._observer_gen != _fork_gen
                 or not lib.ar_entry_ok(self._q, self._observer)):
+            self._has_observer = False
             try:
                 self._observer = self._register(AR_ROLE_OBSERVER)
                 self._observer_gen = _fork_gen
@@ -466,7 +472,16 @@ class Segment:
 
 
 class _Client:
-    __slots__ = ("_segment", "_entry", "_gen", "_role", "_closed", "__weakref__")
+    __slots__ = ("_segment", "_entry", "_word", "_gen", "_role", "_closed", "__weakref__")
+
+    def _take_entry(self):
+        self._entry = self._segment._register(self._role)
+        self._word = self._segment._entry_word(self._entry)
+        self._gen = _fork_gen
+
+    def _owns_entry(self):
+        seg = self._segment
+        return seg._entry_word(self._entry) == self._word and lib.ar_entry_ok(seg._q, self._entry)
 
     segment = _readonly("_segment")
     closed = _readonly("_closed")
@@ -475,8 +490,7 @@ class _Client:
         if self._closed or self._segment._closed:
             raise E.QueueClosed("%s of queue %r is closed" % (type(self).__name__, self._segment._name))
         if self._gen != _fork_gen:  # we are a forked child: take an entry of our own
-            self._entry = self._segment._register(self._role)
-            self._gen = _fork_gen
+            self._take_entry()
             self._segment._refresh()
 
     def _reattach(self):
@@ -484,9 +498,9 @@ class _Client:
         dead), take a new one; True if so.  What the old entry held was
         already requeued or discarded by that reclaim."""
         self._check()
-        if lib.ar_entry_ok(self._segment._q, self._entry):
+        if self._owns_entry():
             return False
-        self._entry = self._segment._register(self._role)
+        self._take_entry()
         return True
 
     def close(self):
@@ -494,7 +508,10 @@ class _Client:
         if not self._closed:
             self._closed = True
             if self._gen == _fork_gen and not self._segment._closed:
-                lib.ar_unregister(self._segment._q, self._entry)
+                # only our own registration: after a reclaim took it from under
+                # us, the index may be another client's now
+                if self._segment._entry_word(self._entry) == self._word:
+                    lib.ar_unregister(self._segment._q, self._entry)
                 lib.ar_wake_all(self._segment._q)  # our other threads asleep in a call see the close
 
     def __del__(self):
@@ -503,7 +520,8 @@ class _Client:
         # Messages keep their consumer alive, so none is outstanding here.
         try:
             seg = self._segment
-            if not self._closed and self._gen == _fork_gen and not seg._closed:
+            if not self._closed and self._gen == _fork_gen and not seg._closed \
+                    and seg._entry_word(self._entry) == self._word:
                 lib.ar_unregister(seg._q, self._entry)
         except Exception:
             pass  # interpreter shutdown, or a half-built client
@@ -530,8 +548,7 @@ class Producer(_Client):
         self._closed = False
         self._segment = segment
         self._role = AR_ROLE_PRODUCER
-        self._entry = segment._register(AR_ROLE_PRODUCER)
-        self._gen = _fork_gen
+        self._take_entry()
 
     def _put(self, data, deadline, ttl_ns):
         seg = self._segment
@@ -655,6 +672,10 @@ class Producer(_Client):
                     break
                 seg._blocked(since)
                 self._check()
+        while rc == AR_STALE and self._reattach():
+            # our claim was discarded by a reclaim that judged us dead: that
+            # message was not stored; go on from it under a new entry
+            rc = lib.ar_put_many(seg._q, self._entry, vec, n, deadline, ttl_ns, ids, done)
         stored = list(ids[0:done[0]])
         if rc == AR_FULL:
             raise E.Full("put_many to queue %r: %d of %d stored before the timeout"
@@ -692,6 +713,8 @@ class Producer(_Client):
                     break
                 seg._blocked(since)
                 self._check()
+        if rc == AR_STALE and self._reattach():
+            return self.reserve(size, timeout, ttl)
         if rc != AR_OK:
             raise _error(rc, "reserve in queue %r" % (seg._name,))
         r = object.__new__(Reservation)
@@ -807,8 +830,7 @@ class Consumer(_Client):
         self._lease_ns = _duration_ns(ack_timeout, "ack_timeout")
         self._segment = segment
         self._role = AR_ROLE_CONSUMER
-        self._entry = segment._register(AR_ROLE_CONSUMER)
-        self._gen = _fork_gen
+        self._take_entry()
 
     def close(self):
         """Release the process-table entry; unsettled deliveries are requeued."""
@@ -843,6 +865,11 @@ class Consumer(_Client):
                 return self._get(d, deadline)
         if rc != AR_OK:
             raise _error(rc, "get from queue %r" % (seg._name,))
+        if self._closed:
+            # closed by another thread while we waited, and the index already
+            # reused by a new client of this process: give the message back
+            lib.ar_nack(seg._q, (d.word >> 4) & 0xFFF, d, 1)
+            self._check()
 
     def _message(self, d, copy, owner=None):
         m = _new_message(Message)

@@ -64,6 +64,7 @@ cdef extern from "ackring.h" nogil:
         uint64_t word
         uint32_t mine
     uint64_t AR_NO_DEADLINE
+    uint32_t AR_W_OWNER(uint64_t w)
     uint64_t AR_WAIT_SLICE_NS
 
     int ar_create(const char *dir, const char *name, uint32_t capacity, uint32_t message_size,
@@ -350,6 +351,11 @@ cdef class Segment:
     property created_ns:
         def __get__(self): return ar_created_ns(self.q)
 
+    cdef uint64_t entry_word(self, uint32_t entry):
+        cdef ar_client_info ci
+        ar_get_client(self.q, entry, &ci)
+        return ci.word
+
     cdef uint32_t register(self, uint32_t role) except? 0xFFFFFFFF:
         cdef uint32_t entry = 0
         cdef int rc
@@ -443,6 +449,7 @@ cdef class Segment:
             return total
         cdef uint32_t me = ar_max_clients(self.q)   # "no entry of our own"
         if not self.has_observer or self.observer_gen != _fork_gen or not ar_entry_ok(self.q, self.observer):
+            self.has_observer = False
             try:
                 self.observer = self.register(AR_ROLE_OBSERVER)
                 self.observer_gen = _fork_gen
@@ -486,10 +493,20 @@ cdef class Segment:
 cdef class _Client:
     cdef readonly Segment segment
     cdef uint32_t entry
+    cdef uint64_t word      # the entry word of our registration: tells it from a later one
     cdef unsigned long gen
     cdef uint32_t role
     cdef readonly bint closed
     cdef object __weakref__
+
+    cdef int take_entry(self) except -1:
+        self.entry = self.segment.register(self.role)
+        self.word = self.segment.entry_word(self.entry)
+        self.gen = _fork_gen
+        return 0
+
+    cdef inline bint owns_entry(self):
+        return self.segment.entry_word(self.entry) == self.word and ar_entry_ok(self.segment.q, self.entry)
 
     def __dealloc__(self):
         # Dropped without close(): give the entry back (a consumer's
@@ -497,14 +514,14 @@ cdef class _Client:
         # Messages keep their consumer alive, so none is outstanding here.
         seg = self.segment
         if seg is not None and not self.closed and self.gen == _fork_gen and not seg.closed:
-            ar_unregister((<Segment>seg).q, self.entry)
+            if (<Segment>seg).entry_word(self.entry) == self.word:
+                ar_unregister((<Segment>seg).q, self.entry)
 
     cdef inline int check(self) except -1:
         if self.closed or self.segment.closed:
             raise E.QueueClosed("%s of queue %r is closed" % (type(self).__name__, self.segment.name))
         if self.gen != _fork_gen:  # we are a forked child: take an entry of our own
-            self.entry = self.segment.register(self.role)
-            self.gen = _fork_gen
+            self.take_entry()
             self.segment.refresh()
         return 0
 
@@ -513,9 +530,9 @@ cdef class _Client:
         dead), take a new one; True if so.  What the old entry held was
         already requeued or discarded by that reclaim."""
         self.check()
-        if ar_entry_ok(self.segment.q, self.entry):
+        if self.owns_entry():
             return False
-        self.entry = self.segment.register(self.role)
+        self.take_entry()
         return True
 
     def close(self):
@@ -523,7 +540,10 @@ cdef class _Client:
         if not self.closed:
             self.closed = True
             if self.gen == _fork_gen and not self.segment.closed:
-                ar_unregister(self.segment.q, self.entry)
+                # only our own registration: after a reclaim took it from under
+                # us, the index may be another client's now
+                if self.segment.entry_word(self.entry) == self.word:
+                    ar_unregister(self.segment.q, self.entry)
                 ar_wake_all(self.segment.q)  # our other threads asleep in a call see the close
 
     def __enter__(self):
@@ -538,8 +558,7 @@ cdef class Producer(_Client):
     def __init__(self, Segment segment):
         self.segment = segment
         self.role = AR_ROLE_PRODUCER
-        self.entry = segment.register(AR_ROLE_PRODUCER)
-        self.gen = _fork_gen
+        self.take_entry()
 
     cdef uint64_t _put(self, object data, uint64_t deadline, uint64_t ttl_n) except? 0xFFFFFFFFFFFFFFFF:
         cdef Py_buffer view
@@ -681,6 +700,10 @@ cdef class Producer(_Client):
                         break
                     self.segment.blocked(since)
                     self.check()
+            while rc == AR_STALE and self.reattach():
+                # our claim was discarded by a reclaim that judged us dead:
+                # that message was not stored; go on from it under a new entry
+                rc = ar_put_many(self.segment.q, self.entry, vec, n, deadline, ttl_ns, ids, &done)
             stored = [ids[i] for i in range(done)]
             if rc == AR_FULL:
                 raise E.Full("put_many to queue %r: %d of %d stored before the timeout"
@@ -725,6 +748,8 @@ cdef class Producer(_Client):
                     break
                 self.segment.blocked(since)
                 self.check()
+        if rc == AR_STALE and self.reattach():
+            return self.reserve(size, timeout, ttl)
         if rc != AR_OK:
             raise _error(rc, "reserve in queue %r" % (self.segment.name,))
         r = Reservation.__new__(Reservation)
@@ -832,8 +857,7 @@ cdef class Consumer(_Client):
         self.lease_ns = _duration_ns(ack_timeout, "ack_timeout")
         self.segment = segment
         self.role = AR_ROLE_CONSUMER
-        self.entry = segment.register(AR_ROLE_CONSUMER)
-        self.gen = _fork_gen
+        self.take_entry()
 
     def close(self):
         """Release the process-table entry; unsettled deliveries are requeued."""
@@ -867,6 +891,11 @@ cdef class Consumer(_Client):
                 return self._get(d, deadline)
         if rc != AR_OK:
             raise _error(rc, "get from queue %r" % (self.segment.name,))
+        if self.closed:
+            # closed by another thread while we waited, and the index already
+            # reused by a new client of this process: give the message back
+            ar_nack(self.segment.q, AR_W_OWNER(d.word), d, 1)
+            self.check()
         return 0
 
     cdef Message _message(self, ar_delivery *d, bint copy):
