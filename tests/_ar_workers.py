@@ -19,6 +19,17 @@ import ackring
 HEAD = struct.Struct("<IQ")  # (producer index, sequence number)
 
 
+def as_view(obj):
+    """memoryview(obj); obj.view() where the backend's classes cannot export a
+    buffer (the cffi backend on CPython < 3.12: PEP 688's __buffer__ is 3.12+)."""
+    try:
+        return memoryview(obj)
+    except TypeError:
+        if not hasattr(obj, "view"):
+            raise
+        return obj.view()
+
+
 def segment_path(name):
     """Where a queue's segment file lives (honours ACKRING_DIR)."""
     return os.path.join(os.environ["ACKRING_DIR"], "ackring." + name)
@@ -549,7 +560,7 @@ def hook_child(qname, point, action, conn):
                 info = p.put_many([b"victim-1", b"victim-2"], timeout=5)
             else:
                 r = p.reserve(16, timeout=5)
-                memoryview(r)[:6] = b"victim"
+                as_view(r)[:6] = b"victim"
                 info = r.commit(6)
         elif action in ("get", "ack", "ack_many", "nack"):
             c = q.consumer()
@@ -667,7 +678,7 @@ def _batch_consume(qname, n, batch, size, copy, result_q):
         except ackring.Empty:
             continue
         for m in ms:
-            body = m.body if copy else bytes(memoryview(m))
+            body = m.body if copy else bytes(as_view(m))
             _pidx, seq = decode(body)
             if body != body_for(3, seq, size) or m.delivery_count != 1:
                 bad += 1

@@ -9,7 +9,7 @@ from array import array
 import pytest
 
 import ackring
-from _ar_workers import segment_path
+from _ar_workers import as_view, segment_path
 
 STAT_KEYS = {"depth", "in_flight", "published", "acked", "nacked", "redelivered",
              "producers", "consumers", "capacity", "message_size"}
@@ -386,7 +386,7 @@ def test_memoryview_readonly_and_settle(q):
     q.producer().put(b"zero-copy payload")
     c = q.consumer()
     m = c.get(timeout=1)
-    with memoryview(m) as mv:
+    with as_view(m) as mv:
         assert mv.readonly
         assert bytes(mv) == b"zero-copy payload"
         assert mv == m.body
@@ -395,7 +395,7 @@ def test_memoryview_readonly_and_settle(q):
             mv[0] = 0
     m.ack()
     with pytest.raises(ackring.AlreadySettled):
-        memoryview(m)
+        as_view(m)
 
 
 def test_memoryview_after_nack_raises(q):
@@ -403,7 +403,7 @@ def test_memoryview_after_nack_raises(q):
     m = q.consumer().get(timeout=1)
     m.nack(requeue=False)
     with pytest.raises(ackring.AlreadySettled):
-        memoryview(m)
+        as_view(m)
 
 
 def test_get_copy_false(q):
@@ -412,7 +412,7 @@ def test_get_copy_false(q):
     m = c.get(timeout=1, copy=False)
     assert m.body == b"no copy please"
     assert len(m) == 14
-    with memoryview(m) as mv:
+    with as_view(m) as mv:
         assert bytes(mv) == b"no copy please"
     m.ack()
     assert q.stats()["acked"] == 1

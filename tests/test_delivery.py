@@ -268,7 +268,7 @@ def test_open_attaches_dlq_in_another_process(make_queue, qname, procs, method):
 @pytest.mark.timeout(30)
 def test_forked_child_dead_letters_under_its_own_entry(make_queue, qname):
     import signal
-    from ackring.backend.cython._core import set_test_hook
+    from ackring.backend import set_test_hook
 
     q = make_queue(capacity=8, message_size=SIZE, watchdog=None)
     dq = q.dead_letters

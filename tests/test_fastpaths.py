@@ -1,0 +1,402 @@
+"""The fast paths: put_many / get_many / ack_many, zero-copy send through
+reserve(), zero-copy receive through get(copy=False) - in one process for the
+contracts, and across processes for correctness under load."""
+
+import multiprocessing
+import struct
+import threading
+import time
+from array import array
+
+import pytest
+
+import ackring
+import _ar_workers as W
+
+FORK = multiprocessing.get_context("fork")
+
+
+def _bits(t):
+    return struct.unpack("<Q", struct.pack("<d", t))[0]
+
+
+def drain(c, timeout=0.1):
+    out = []
+    while True:
+        try:
+            m = c.get(timeout=timeout)
+        except ackring.Empty:
+            return out
+        out.append((m.id, m.body))
+        m.ack()
+
+
+# ------------------------------------------------------------------ put_many
+
+def test_put_many_returns_ids_in_order(make_queue):
+    q = make_queue(capacity=16, message_size=32, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    items = [b"a", bytearray(b"bb"), memoryview(b"ccc"), array("B", [1, 2]), b""]
+    ids = p.put_many(items, timeout=1)
+    assert ids == list(range(ids[0], ids[0] + 5))
+    assert drain(c) == list(zip(ids, [b"a", b"bb", b"ccc", b"\x01\x02", b""]))
+    assert p.put_many([], timeout=0) == []
+    assert p.put_many(iter([b"g1", b"g2"]), timeout=1) == [ids[-1] + 1, ids[-1] + 2]
+    assert q.stats()["published"] == 7
+
+
+@pytest.mark.parametrize("bad, exc", [
+    ("text", TypeError), (5, TypeError), (None, TypeError), (b"x" * 33, ackring.MessageTooLarge)])
+@pytest.mark.parametrize("where", [0, 2])
+def test_put_many_checks_every_item_before_writing(make_queue, bad, exc, where):
+    q = make_queue(capacity=8, message_size=32, watchdog=None)
+    p = q.producer()
+    items = [b"ok0", b"ok1", b"ok2"]
+    items.insert(where, bad)
+    with pytest.raises(exc):
+        p.put_many(items, timeout=0)
+    s = q.stats()
+    assert (s["published"], s["depth"], s["tail"]) == (0, 0, 0), s
+    assert q.check() == []
+    assert p.put(b"later", timeout=0) == 0       # nothing was claimed either
+
+
+@pytest.mark.parametrize("timeout", [0, 0.05])
+def test_put_many_full_reports_what_was_stored(make_queue, timeout):
+    q = make_queue(capacity=4, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    first = p.put(b"first", timeout=0)
+    with pytest.raises(ackring.Full) as ei:
+        p.put_many([b"m%d" % i for i in range(6)], timeout=timeout)
+    assert ei.value.ids == [first + 1, first + 2, first + 3]
+    assert q.stats()["depth"] == 4
+    assert drain(c) == [(first, b"first")] + [(first + 1 + i, b"m%d" % i) for i in range(3)]
+    assert q.check() == []
+
+
+@pytest.mark.timeout(30)
+def test_put_many_waits_for_room(make_queue):
+    q = make_queue(capacity=4, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    p.put_many([b"x"] * 4, timeout=0)
+    got = []
+
+    def consume():
+        for _ in range(8):
+            m = c.get(timeout=5)
+            got.append(m.body)
+            m.ack()
+    t = threading.Thread(target=consume)
+    t.start()
+    ids = p.put_many([b"y%d" % i for i in range(4)], timeout=10)
+    t.join(10)
+    assert not t.is_alive()
+    assert len(ids) == 4
+    assert got == [b"x"] * 4 + [b"y%d" % i for i in range(4)]
+
+
+# ------------------------------------------------------------------ get_many
+
+@pytest.mark.timeout(30)
+def test_get_many_takes_what_is_ready(make_queue):
+    q = make_queue(capacity=16, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    with pytest.raises(ValueError):
+        c.get_many(0)
+    with pytest.raises(ackring.Empty):
+        c.get_many(4, timeout=0)
+    t0 = time.monotonic()
+    with pytest.raises(ackring.Empty):
+        c.get_many(4, timeout=0.1)
+    assert time.monotonic() - t0 >= 0.09
+    ids = p.put_many([b"a", b"b", b"c"], timeout=0)
+    ms = c.get_many(10, timeout=1)
+    assert [(m.id, m.body, m.delivery_count) for m in ms] == list(zip(ids, [b"a", b"b", b"c"], [1] * 3))
+    assert q.stats()["in_flight"] == 3
+    c.ack_many(ms)
+    p.put_many([b"d", b"e", b"f"], timeout=0)
+    assert [m.body for m in c.get_many(2, timeout=0)] == [b"d", b"e"]
+
+
+@pytest.mark.timeout(30)
+def test_get_many_waits_for_the_first(make_queue):
+    q = make_queue(capacity=16, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    started = threading.Event()
+
+    def later():
+        started.wait(5)
+        time.sleep(0.1)  # the put must come while get_many is already waiting
+        p.put(b"late", timeout=1)
+    t = threading.Thread(target=later)
+    t.start()
+    t0 = time.monotonic()
+    started.set()
+    ms = c.get_many(8, timeout=5)
+    elapsed = time.monotonic() - t0
+    t.join(5)
+    assert [m.body for m in ms] == [b"late"]
+    assert elapsed >= 0.09          # it waited for the put, it did not return Empty
+    ms[0].ack()
+
+
+# ------------------------------------------------------------------ ack_many
+
+def _three(q):
+    p, c = q.producer(), q.consumer()
+    p.put_many([b"0", b"1", b"2"], timeout=0)
+    return p, c, c.get_many(3, timeout=1)
+
+
+def test_ack_many_acks_all(make_queue):
+    q = make_queue(watchdog=None)
+    _p, c, ms = _three(q)
+    c.ack_many(tuple(ms))
+    assert all(m.settled for m in ms)
+    s = q.stats()
+    assert (s["in_flight"], s["acked"]) == (0, 3)
+    c.ack_many([])
+    with pytest.raises(ackring.AlreadySettled):
+        ms[0].ack()
+
+
+@pytest.mark.parametrize("case", ["type", "other-consumer", "settled", "duplicate"])
+def test_ack_many_validates_before_acking(make_queue, case):
+    q = make_queue(watchdog=None)
+    p, c, ms = _three(q)
+    batch = list(ms)
+    if case == "type":
+        batch.append(b"not a message")
+        exc = TypeError
+    elif case == "other-consumer":
+        c2 = q.consumer()
+        p.put(b"3", timeout=0)
+        other = c2.get(timeout=1)
+        batch.insert(1, other)
+        exc = ValueError
+    elif case == "settled":
+        p.put(b"3", timeout=0)
+        done = c.get(timeout=1)
+        done.ack()
+        batch.append(done)
+        exc = ackring.AlreadySettled
+    else:
+        batch.append(ms[0])
+        exc = ackring.AlreadySettled
+    with pytest.raises(exc):
+        c.ack_many(batch)
+    # nothing was acked
+    assert not any(m.settled for m in ms)
+    assert q.stats()["in_flight"] == (4 if case == "other-consumer" else 3)
+    c.ack_many(ms)
+    assert q.stats()["acked"] == (4 if case == "settled" else 3)
+
+
+@pytest.mark.timeout(60)
+def test_ack_many_skips_and_reports_stale_deliveries(procs, make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p = q.producer()
+    ids = p.put_many([b"s0", b"s1", b"s2"], timeout=0)
+    parent_conn, child_conn = FORK.Pipe(duplex=True)
+    child = procs(W.stale_ack_many_child, q.name, _bits(99.5), child_conn, method="fork")
+    assert parent_conn.poll(20)
+    assert parent_conn.recv() == ("held", ids)
+    assert q.reclaim() == 3                   # the child's entry looks like a reused pid
+    parent_conn.send("go")
+    assert parent_conn.poll(20)
+    res = parent_conn.recv()
+    assert res[0] == "stale", res
+    assert res[1] == [ids[0]]                 # only the old delivery is reported ...
+    assert res[2] == [True, True, True]       # ... and every item counts as settled
+    assert sorted(res[3]) == ids
+    child.join(10)
+    assert child.exitcode == 0
+    s = q.stats()
+    assert (s["depth"], s["in_flight"]) == (0, 0), s
+
+
+# ------------------------------------------------------------------ reserve
+
+def test_reserve_context_commits(make_queue):
+    q = make_queue(capacity=8, message_size=32, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    r = p.reserve(5)
+    assert len(r) == 5
+    with r as buf:
+        assert isinstance(buf, memoryview) and not buf.readonly and len(buf) == 5
+        buf[:] = b"hello"
+    assert r.done
+    m = c.get(timeout=1)
+    assert (m.id, m.body) == (r.id, b"hello")
+    m.ack()
+    with p.reserve() as buf:                  # default: message_size bytes
+        assert len(buf) == 32
+        buf[:] = b"z" * 32
+    assert c.get(timeout=1).body == b"z" * 32
+
+
+def test_reserve_context_aborts_on_exception(make_queue):
+    q = make_queue(capacity=8, message_size=32, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    with pytest.raises(RuntimeError):
+        with p.reserve(4) as buf:
+            buf[:] = b"oops"
+            raise RuntimeError("no")
+    with pytest.raises(ackring.Empty):
+        c.get(timeout=0.05)
+    mid = p.put(b"next", timeout=0)           # consumers step over the aborted slot
+    m = c.get(timeout=1)
+    assert (m.id, m.body) == (mid, b"next")
+    m.ack()
+    assert q.stats()["discarded"] == 1
+    assert q.check() == []
+
+
+def test_reserve_commit_prefix_and_settled_state(make_queue):
+    q = make_queue(capacity=8, message_size=32, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    r = p.reserve(10)
+    W.as_view(r)[:3] = b"abc"
+    assert r.commit(3) == r.id
+    with pytest.raises(ackring.AlreadySettled):
+        W.as_view(r)
+    with pytest.raises(ackring.AlreadySettled):
+        r.commit(3)
+    with pytest.raises(ackring.AlreadySettled):
+        r.abort()
+    m = c.get(timeout=1)
+    assert (m.id, m.body) == (r.id, b"abc")
+    m.ack()
+    r2 = p.reserve(10)
+    with pytest.raises(ValueError):
+        r2.commit(11)
+    r2.abort()
+    with pytest.raises(ackring.AlreadySettled):
+        W.as_view(r2)
+    with pytest.raises(ackring.AlreadySettled):
+        r2.commit()
+    with pytest.raises(ackring.Empty):
+        c.get(timeout=0)
+    assert q.check() == []
+
+
+def test_reserve_limits(make_queue):
+    q = make_queue(capacity=2, message_size=16, watchdog=None)
+    p = q.producer()
+    with pytest.raises(ackring.MessageTooLarge):
+        p.reserve(17)
+    p.put_many([b"a", b"b"], timeout=0)
+    with pytest.raises(ackring.Full):
+        p.reserve(4, timeout=0)
+    t0 = time.monotonic()
+    with pytest.raises(ackring.Full):
+        p.reserve(4, timeout=0.05)
+    assert time.monotonic() - t0 >= 0.04
+    assert q.stats()["tail"] == 2
+
+
+@pytest.mark.timeout(30)
+def test_aborted_reservation_does_not_stall_waiting_consumer(make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    r = p.reserve(4)                          # a consumer now waits behind it
+    out = []
+    t = threading.Thread(target=lambda: out.append(c.get(timeout=5)))
+    t.start()
+    mid = p.put(b"behind", timeout=0)
+    r.abort()
+    t.join(10)
+    assert not t.is_alive()
+    assert [(m.id, m.body) for m in out] == [(mid, b"behind")]
+    out[0].ack()
+
+
+def test_producer_closed_with_open_reservation_discards_it(make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    r = p.reserve(4)
+    W.as_view(r)[:] = b"lost"
+    p.close()
+    with pytest.raises(ackring.QueueClosed):
+        r.commit()
+    with pytest.raises(ackring.Empty):
+        c.get(timeout=0.05)
+    p2 = q.producer()
+    mid = p2.put(b"fresh", timeout=0)
+    m = c.get(timeout=1)
+    assert (m.id, m.body) == (mid, b"fresh")
+    m.ack()
+    s = q.stats()
+    assert (s["depth"], s["in_flight"], s["discarded"]) == (0, 0, 1), s
+    assert q.check() == []
+
+
+# ------------------------------------------------------------------ zero-copy receive
+
+def test_get_without_copy(make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    p.put(b"zero-copy", timeout=0)
+    m = c.get(timeout=1, copy=False)
+    v = W.as_view(m)
+    assert v.readonly and bytes(v) == b"zero-copy" and len(m) == 9
+    with pytest.raises(TypeError):
+        v[0:1] = b"x"                            # read-only
+    assert m.body == b"zero-copy"
+    v.release()
+    m.ack()
+    with pytest.raises(ackring.AlreadySettled):
+        W.as_view(m)
+    p.put(b"unread", timeout=0)
+    m2 = c.get(timeout=1, copy=False)
+    m2.ack()
+    with pytest.raises(ackring.AlreadySettled):
+        m2.body                                  # never copied, slot no longer ours
+    p.put_many([b"g1", b"g2"], timeout=0)
+    ms = c.get_many(2, timeout=1, copy=False)
+    assert [bytes(W.as_view(m)) for m in ms] == [b"g1", b"g2"]
+    c.ack_many(ms)
+
+
+# ------------------------------------------------------------------ across processes
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how, n, copy", [("put_many", 100_000, True), ("reserve", 30_000, False)])
+def test_batch_producer_and_consumer_processes(procs, make_queue, how, n, copy):
+    size = 48
+    q = make_queue(capacity=256, message_size=size, watchdog=None)
+    result_q = FORK.Queue()
+    procs(W.batch_consumer, q.name, n, 64, size, copy, result_q, method="fork")
+    procs(W.batch_producer, q.name, n, 64, size, how, result_q, method="fork")
+    results = W.collect(result_q, 2, procs, 90)
+    prod = next(r for r in results if r[0] == "producer")
+    cons = next(r for r in results if r[0] == "consumer")
+    pids = array("Q", prod[2])
+    seqs, cids, bad = array("Q", cons[1]), array("Q", cons[2]), cons[3]
+    assert bad == 0
+    assert len(pids) == n and list(pids) == sorted(pids) and len(set(pids)) == n
+    assert len(cids) == n and set(cids) == set(pids)        # every id exactly once
+    assert sorted(seqs) == list(range(n))                   # every body exactly once
+    assert list(seqs) == list(range(n))                     # one producer, one consumer: FIFO
+    procs.join_all(20)
+    s = q.stats()
+    assert (s["depth"], s["in_flight"], s["published"], s["acked"]) == (0, 0, n, n), s
+    assert q.check() == []
+
+
+def test_dropped_reservation_does_not_stall_consumers(make_queue):
+    """A reservation garbage-collected without commit/abort can never be
+    committed: it must not leave consumers waiting behind its slot for the
+    rest of the producer's life."""
+    import gc
+
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    r = p.reserve(4)
+    del r
+    gc.collect()
+    mid = p.put(b"after", timeout=0)
+    m = c.get(timeout=1)
+    assert (m.id, m.body) == (mid, b"after")
+    m.ack()
+    assert q.check() == []
