@@ -95,7 +95,8 @@ typedef struct ar_header {
     uint64_t ack_timeout_ns;            /* default lease of a delivery; 0 = none */
 
     /* line 4: rarely written */
-    uint64_t reclaim_lock AR_ALIGNED; /* 0, or (pid << 32 | entry + 1) of the reclaimer */
+    uint64_t reclaim_lock AR_ALIGNED; /* 0, or the reclaimer's pid << 32 | its entry's seq << 16 |
+                                       * its entry + 1; taken and released by CAS */
     uint32_t leases_seen;             /* set (relaxed) once any delivery carried a lease */
     uint32_t pad4;
 
@@ -127,13 +128,15 @@ enum {
 #define WAIT_PRODUCER 0x10000u
 
 typedef struct ar_client {
-    uint64_t word;       /* CWORD; FREE -> CLAIMING by CAS (the claimer), -> ACTIVE by the
-                          * claimer's release store, -> DEAD by the reclaimer's CAS,
-                          * -> FREE by the owner (unregister) or the reclaimer. */
+    uint64_t word;       /* CWORD; FREE -> CLAIMING by CAS (the claimer, seq + 1), -> ACTIVE by
+                          * the claimer's CAS, -> CLOSING by the owner's CAS (unregister), or
+                          * -> DEAD by a reclaimer's CAS on a dead owner's exact word,
+                          * -> FREE (seq kept) by whoever then released its slots. */
     uint64_t start_time; /* written by the claimer while CLAIMING, read after ACTIVE (acquire) */
     uint64_t count[CNT_N]; /* statistics, written only by the owner (relaxed fetch-add) */
     uint32_t waiting;      /* WAIT_* counts: changed only by the owner's threads while counted in a
-                            * waiters word; taken (exchanged to 0) by whoever frees the entry */
+                            * waiters word; taken (exchanged to 0) by the reclaimer of a dead owner
+                            * (a live closer's sleepers take their own counts out) */
     uint32_t pad;
     uint64_t nacking;      /* position + 1 of a nack(requeue) between its hint increment and its
                             * CAS, else 0; written only by the owner (relaxed), read by reclaim */
@@ -1040,11 +1043,12 @@ static int fill_delivery(ar_queue *q, ar_slot *s, uint64_t pos, uint64_t word, a
  * otherwise start its lease and hand it out. */
 static int deliver(ar_queue *q, uint32_t e, ar_slot *s, uint64_t pos, uint64_t mine, ar_delivery *d,
                    uint64_t lease_ns) {
-    /* Our entry may have been closed by another thread while we waited: then
-     * give the slot back rather than hold it under a freed entry.  seq_cst:
-     * store-load pairing with ar_unregister (DEAD, then scan): either its
-     * scan sees our DELIVERED word, or we see DEAD here, or both (one
-     * requeue wins, the other CAS fails). */
+    /* Our entry may have been closed by another thread while we waited (or
+     * reclaimed under a wrong verdict): then give the slot back rather than
+     * hold it under an entry that is not ours.  seq_cst: store-load pairing
+     * with ar_unregister / ar_reclaim_entry (CLOSING or DEAD, then scan):
+     * either its scan sees our DELIVERED word, or entry_is_mine fails here,
+     * or both (one requeue wins, the other CAS fails). */
     if (!entry_is_mine(q, e)) {
         /* Give it back as it was: this take does not count as a delivery. */
         uint64_t w = mine;
