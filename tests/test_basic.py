@@ -681,3 +681,43 @@ def test_many_consumers_and_producers_in_one_process(q):
         m.ack()
     s = q.stats()
     assert (s["producers"], s["consumers"], s["published"], s["acked"]) == (3, 3, 30, 30)
+
+
+@pytest.mark.timeout(30)
+def test_close_while_another_thread_is_blocked_in_get(make_queue):
+    """A consumer closed from another thread while one of its threads waits in
+    get(): the waiter ends with QueueClosed, and a message put after the close
+    is not pinned by it, even when a new consumer of this process takes the
+    same process-table index at once."""
+    import threading
+
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p = q.producer()
+    for rnd in range(20):
+        c1 = q.consumer()
+        started, outcome = threading.Event(), []
+
+        def waiter():
+            started.set()
+            try:
+                m = c1.get(timeout=10)
+                outcome.append(("got", m.id))
+            except ackring.QueueClosed:
+                outcome.append(("closed",))
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        assert started.wait(5)
+        c1.close()
+        c2 = q.consumer()          # may reuse c1's index
+        mid = p.put(b"r%d" % rnd)
+        t.join(10)
+        assert not t.is_alive()
+        assert outcome == [("closed",)], outcome
+        m = c2.get(timeout=5)      # the message reaches the live consumer
+        assert m.id == mid
+        m.ack()
+        c2.close()
+    s = q.stats()
+    assert (s["depth"], s["in_flight"]) == (0, 0), s
+    assert q.check() == []
