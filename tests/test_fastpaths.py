@@ -400,3 +400,23 @@ def test_dropped_reservation_does_not_stall_consumers(make_queue):
     assert (m.id, m.body) == (mid, b"after")
     m.ack()
     assert q.check() == []
+
+
+def test_close_waits_for_an_open_reservation(make_queue):
+    """Closing a producer with a reservation open keeps its entry (and the
+    slot) until the reservation ends, so nothing is taken away from under a
+    writer that still holds a view of the slot."""
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    r = p.reserve(4)
+    view = W.as_view(r)
+    p.close()
+    assert q.stats()["producers"] == 1          # still held for the reservation
+    view[:] = b"late"                           # writes into a slot that is still ours
+    with pytest.raises(ackring.QueueClosed):
+        r.commit()                              # ... but a closed producer publishes nothing
+    s = q.stats()
+    assert (s["producers"], s["depth"], s["discarded"]) == (0, 0, 1), s
+    with pytest.raises(ackring.Empty):
+        c.get(timeout=0.05)
+    assert q.check() == []

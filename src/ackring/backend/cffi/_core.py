@@ -472,7 +472,27 @@ class Segment:
 
 
 class _Client:
-    __slots__ = ("_segment", "_entry", "_word", "_gen", "_role", "_closed", "__weakref__")
+    __slots__ = ("_segment", "_entry", "_word", "_gen", "_role", "_closed", "_busy", "_close_pending",
+                 "__weakref__")
+
+    # _busy: calls in progress (and open reservations).  close() waits for
+    # them: no slot of theirs is taken away under them.  (cffi drops the GIL
+    # around every C call, so any call can overlap a close on another thread.)
+    def _busy_enter(self):
+        self._busy = getattr(self, "_busy", 0) + 1
+
+    def _busy_leave(self):
+        self._busy -= 1
+        if self._busy == 0 and getattr(self, "_close_pending", False):
+            self._close_pending = False
+            self._release_entry()
+
+    def _release_entry(self):
+        # only our own registration: after a reclaim took it from under us,
+        # the index may be another client's now
+        seg = self._segment
+        if self._gen == _fork_gen and seg._entry_word(self._entry) == self._word:
+            lib.ar_unregister(seg._q, self._entry)
 
     def _take_entry(self):
         self._entry = self._segment._register(self._role)
@@ -504,14 +524,17 @@ class _Client:
         return True
 
     def close(self):
-        """Release the process-table entry; a consumer's unsettled deliveries are requeued."""
+        """Release the process-table entry; a consumer's unsettled deliveries
+        are requeued.  If other threads are inside a call on this client (or
+        a reservation of it is open), the entry is released when the last of
+        them returns: until then no slot of theirs is taken away under them."""
         if not self._closed:
             self._closed = True
-            if self._gen == _fork_gen and not self._segment._closed:
-                # only our own registration: after a reclaim took it from under
-                # us, the index may be another client's now
-                if self._segment._entry_word(self._entry) == self._word:
-                    lib.ar_unregister(self._segment._q, self._entry)
+            if self._gen == _fork_gen:
+                if getattr(self, "_busy", 0):
+                    self._close_pending = True
+                else:
+                    self._release_entry()
                 lib.ar_wake_all(self._segment._q)  # our other threads asleep in a call see the close
 
     def __del__(self):
@@ -546,6 +569,8 @@ class Producer(_Client):
     def __init__(self, segment):
         _check_segment_arg(segment)
         self._closed = False
+        self._busy = 0
+        self._close_pending = False
         self._segment = segment
         self._role = AR_ROLE_PRODUCER
         self._take_entry()
@@ -583,7 +608,7 @@ class Producer(_Client):
             raise _error(rc, "put to queue %r" % (seg._name,))
         return mid[0]
 
-    def put(self, data, timeout=None, ttl=None):
+    def _put_impl(self, data, timeout=None, ttl=None):
         """Store one message; returns its id once it is visible to consumers
         (the publisher confirm).  Waits while the queue is full, up to
         ``timeout`` seconds (None: no limit), then raises ackring.Full.
@@ -603,7 +628,7 @@ class Producer(_Client):
                 return mid[0]
         return self._put(data, deadline, ttl_ns)
 
-    def wait_acked(self, message_id, timeout=None):
+    def _wait_acked_impl(self, message_id, timeout=None):
         """Wait until message ``message_id`` is settled and say how: a Receipt
         (id, outcome, reason) with outcome "acked", "dead_lettered" (reason
         "rejected", "delivery_limit", "expired" or "lease_expired"), "dropped",
@@ -633,7 +658,7 @@ class Producer(_Client):
         how, reason = _OUTCOMES.get(outcome[0], ("settled", None))
         return Receipt(message_id, how, reason)
 
-    def put_many(self, messages, timeout=None, ttl=None):
+    def _put_many_impl(self, messages, timeout=None, ttl=None):
         """Store several messages in order, in one C call; returns their ids.
         Every item is type- and size-checked before the first is written.
         ``timeout`` bounds the whole call; on Full, the exception's ``ids``
@@ -684,7 +709,7 @@ class Producer(_Client):
             raise _error(rc, "put_many to queue %r" % (seg._name,))
         return stored
 
-    def reserve(self, size=-1, timeout=None, ttl=None):
+    def _reserve_impl(self, size=-1, timeout=None, ttl=None):
         """Zero-copy send: claim a slot and write the message in place.
 
             with p.reserve(n) as buf:   # writable memoryview of n bytes
@@ -714,7 +739,7 @@ class Producer(_Client):
                 seg._blocked(since)
                 self._check()
         if rc == AR_STALE and self._reattach():
-            return self.reserve(size, timeout, ttl)
+            return self._reserve_impl(size, timeout, ttl)
         if rc != AR_OK:
             raise _error(rc, "reserve in queue %r" % (seg._name,))
         r = object.__new__(Reservation)
@@ -761,10 +786,13 @@ class Reservation:
         p = self._producer
         if self._done:
             raise E.AlreadySettled("reservation %d was already committed or aborted" % self._pos)
-        if p._closed or p._segment._closed:
-            raise E.QueueClosed("the producer of reservation %d is closed (the slot was discarded)" % self._pos)
         if self._gen != _fork_gen:
             raise E.StaleDelivery("reservation %d belongs to the parent process" % self._pos)
+        if p._closed or p._segment._closed:
+            self._done = True
+            lib.ar_abort(p._segment._q, p._entry, self._pos)
+            p._busy_leave()
+            raise E.QueueClosed("the producer of reservation %d is closed (the slot was discarded)" % self._pos)
         if commit and not 0 <= length <= self._size:
             raise ValueError("commit length must be from 0 to %d, not %d" % (self._size, length))
         if self._view is not None:
@@ -779,6 +807,7 @@ class Reservation:
         else:
             rc = lib.ar_abort(q, p._entry, self._pos)
         self._done = True
+        p._busy_leave()
         if rc != AR_OK:
             raise _error(rc, "%s reservation %d" % ("commit" if commit else "abort", self._pos))
 
@@ -796,8 +825,10 @@ class Reservation:
         # behind the slot for the rest of the producer's life.
         try:
             p = self._producer
-            if not self._done and self._gen == _fork_gen and not p._closed and not p._segment._closed:
+            if not self._done and self._gen == _fork_gen:
+                self._done = True
                 lib.ar_abort(p._segment._q, p._entry, self._pos)
+                p._busy_leave()
         except Exception:
             pass  # interpreter shutdown, or a half-built reservation
 
@@ -825,6 +856,8 @@ class Consumer(_Client):
         if prefetch is not None and (isinstance(prefetch, bool) or int(prefetch) < 1):
             raise ValueError("prefetch must be None or an int >= 1, not %r" % (prefetch,))
         self._closed = False
+        self._busy = 0
+        self._close_pending = False
         self._outstanding = 0
         self._prefetch = 0 if prefetch is None else int(prefetch)
         self._lease_ns = _duration_ns(ack_timeout, "ack_timeout")
@@ -882,7 +915,7 @@ class Consumer(_Client):
         m._body = _ffi_buffer(d.data, d.len)[:] if copy else None
         return m
 
-    def get(self, timeout=None, copy=True):
+    def _get_impl(self, timeout=None, copy=True):
         """Receive one message (it stays in the queue until settled).  Waits
         up to ``timeout`` seconds (None: no limit), then raises ackring.Empty.
         With copy=False the body is not copied now: read it through
@@ -908,7 +941,7 @@ class Consumer(_Client):
         m._body = _ffi_buffer(d.data, d.len)[:] if copy else None
         return m
 
-    def get_many(self, n, timeout=None, copy=True):
+    def _get_many_impl(self, n, timeout=None, copy=True):
         """Up to n messages in one C call: waits (up to ``timeout``) for the
         first, then takes whatever else is ready without waiting."""
         n = _index(n, 64, signed=True)
@@ -1177,3 +1210,33 @@ def set_test_hook(point):
     b = (point or "").encode("ascii")
     if lib.ar_set_test_hook(b) != AR_OK:
         raise ValueError("unknown test hook point %r" % (point,))
+
+
+
+def _wrap_busy(cls, name, keep_on_success=False):
+    """Give cls.name (from cls._name_impl) the busy bracket of _Client."""
+    impl = getattr(cls, "_%s_impl" % name)
+
+    def method(self, *args, **kwargs):
+        self._busy_enter()
+        ok = False
+        try:
+            result = impl(self, *args, **kwargs)
+            ok = True
+            return result
+        finally:
+            if not (ok and keep_on_success):
+                self._busy_leave()
+
+    method.__name__ = name
+    method.__qualname__ = "%s.%s" % (cls.__name__, name)
+    method.__doc__ = impl.__doc__
+    setattr(cls, name, method)
+
+
+for _n in ("put", "wait_acked", "put_many"):
+    _wrap_busy(Producer, _n)
+# an open reservation stays "busy" until commit/abort/collection
+_wrap_busy(Producer, "reserve", keep_on_success=True)
+for _n in ("get", "get_many"):
+    _wrap_busy(Consumer, _n)

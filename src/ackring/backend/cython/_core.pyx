@@ -497,6 +497,8 @@ cdef class _Client:
     cdef unsigned long gen
     cdef uint32_t role
     cdef readonly bint closed
+    cdef int busy            # calls in progress (and open reservations): close waits for them
+    cdef bint close_pending
     cdef object __weakref__
 
     cdef int take_entry(self) except -1:
@@ -507,6 +509,23 @@ cdef class _Client:
 
     cdef inline bint owns_entry(self):
         return self.segment.entry_word(self.entry) == self.word and ar_entry_ok(self.segment.q, self.entry)
+
+    cdef inline void busy_enter(self):
+        self.busy += 1
+
+    cdef int busy_leave(self) except -1:
+        self.busy -= 1
+        if self.busy == 0 and self.close_pending:
+            self.close_pending = False
+            self.release_entry()
+        return 0
+
+    cdef int release_entry(self) except -1:
+        # only our own registration: after a reclaim took it from under us,
+        # the index may be another client's now
+        if self.gen == _fork_gen and self.segment.entry_word(self.entry) == self.word:
+            ar_unregister(self.segment.q, self.entry)
+        return 0
 
     def __dealloc__(self):
         # Dropped without close(): give the entry back (a consumer's
@@ -536,14 +555,17 @@ cdef class _Client:
         return True
 
     def close(self):
-        """Release the process-table entry; a consumer's unsettled deliveries are requeued."""
+        """Release the process-table entry; a consumer's unsettled deliveries
+        are requeued.  If other threads are inside a call on this client (or
+        a reservation of it is open), the entry is released when the last of
+        them returns: until then no slot of theirs is taken away under them."""
         if not self.closed:
             self.closed = True
-            if self.gen == _fork_gen and not self.segment.closed:
-                # only our own registration: after a reclaim took it from under
-                # us, the index may be another client's now
-                if self.segment.entry_word(self.entry) == self.word:
-                    ar_unregister(self.segment.q, self.entry)
+            if self.gen == _fork_gen:
+                if self.busy:
+                    self.close_pending = True
+                else:
+                    self.release_entry()
                 ar_wake_all(self.segment.q)  # our other threads asleep in a call see the close
 
     def __enter__(self):
@@ -615,7 +637,11 @@ cdef class Producer(_Client):
         ``ttl``: seconds after which it expires undelivered (the lower of
         this and the queue's ttl wins)."""
         self.check()
-        return self._put(data, _deadline(timeout), _duration_ns(ttl, "ttl"))
+        self.busy_enter()
+        try:
+            return self._put(data, _deadline(timeout), _duration_ns(ttl, "ttl"))
+        finally:
+            self.busy_leave()
 
     def wait_acked(self, uint64_t message_id, timeout=None):
         """Wait until message ``message_id`` is settled and say how: a Receipt
@@ -624,6 +650,14 @@ cdef class Producer(_Client):
         or "settled" when its slot was reused before we looked (settled, how
         no longer recorded).  Raises TimeoutError at the timeout.  Waits on
         the queue's futex, not by polling."""
+        self.check()
+        self.busy_enter()
+        try:
+            return self._wait_acked(message_id, timeout)
+        finally:
+            self.busy_leave()
+
+    def _wait_acked(self, uint64_t message_id, timeout=None):
         cdef uint64_t deadline, since
         cdef uint32_t outcome = 0
         cdef int rc
@@ -653,6 +687,14 @@ cdef class Producer(_Client):
         Every item is type- and size-checked before the first is written.
         ``timeout`` bounds the whole call; on Full, the exception's ``ids``
         lists the messages that were stored (confirmed) before it."""
+        self.check()
+        self.busy_enter()
+        try:
+            return self._put_many(messages, timeout, ttl)
+        finally:
+            self.busy_leave()
+
+    def _put_many(self, messages, timeout=None, ttl=None):
         cdef Py_ssize_t n, i, nviews = 0
         cdef ar_iovec *vec = NULL
         cdef uint64_t *ids = NULL
@@ -726,7 +768,19 @@ cdef class Producer(_Client):
             # committed (published) here; aborted if the block raised
 
         ``size`` defaults to message_size.  Keep reservations short:
-        consumers wait behind an open one."""
+        consumers wait behind an open one.
+
+        An open reservation counts as a call in progress: closing the
+        producer waits for it to be committed or aborted."""
+        self.check()
+        self.busy_enter()
+        try:
+            return self._reserve(size, timeout, ttl)
+        except BaseException:
+            self.busy_leave()
+            raise
+
+    def _reserve(self, Py_ssize_t size=-1, timeout=None, ttl=None):
         cdef uint64_t deadline, pos = 0, since
         cdef unsigned char *buf = NULL
         cdef int rc
@@ -749,7 +803,7 @@ cdef class Producer(_Client):
                 self.segment.blocked(since)
                 self.check()
         if rc == AR_STALE and self.reattach():
-            return self.reserve(size, timeout, ttl)
+            return self._reserve(size, timeout, ttl)
         if rc != AR_OK:
             raise _error(rc, "reserve in queue %r" % (self.segment.name,))
         r = Reservation.__new__(Reservation)
@@ -776,10 +830,10 @@ cdef class Reservation:
         # Dropped without commit or abort: abort, or consumers would wait
         # behind the slot for the rest of the producer's life.
         p = self.producer
-        if p is not None and not self.done and self.gen == _fork_gen:
-            if not (<Producer>p).closed and (<Producer>p).segment is not None \
-                    and not (<Producer>p).segment.closed:
-                ar_abort((<Producer>p).segment.q, (<Producer>p).entry, self.pos)
+        if p is not None and not self.done and self.gen == _fork_gen and (<Producer>p).segment is not None:
+            self.done = True
+            ar_abort((<Producer>p).segment.q, (<Producer>p).entry, self.pos)
+            (<Producer>p).busy_leave()
 
     property id:
         """The message id it will have (its ring position)."""
@@ -805,10 +859,13 @@ cdef class Reservation:
         cdef Producer p = self.producer
         if self.done:
             raise E.AlreadySettled("reservation %d was already committed or aborted" % self.pos)
-        if p.closed or p.segment.closed:
-            raise E.QueueClosed("the producer of reservation %d is closed (the slot was discarded)" % self.pos)
         if self.gen != _fork_gen:
             raise E.StaleDelivery("reservation %d belongs to the parent process" % self.pos)
+        if p.closed or p.segment.closed:
+            self.done = True
+            ar_abort(p.segment.q, p.entry, self.pos)
+            p.busy_leave()
+            raise E.QueueClosed("the producer of reservation %d is closed (the slot was discarded)" % self.pos)
         if commit and not 0 <= length <= self.size:
             raise ValueError("commit length must be from 0 to %d, not %d" % (self.size, length))
         if self._view is not None:
@@ -819,6 +876,7 @@ cdef class Reservation:
             self._view = None
         rc = ar_commit(p.segment.q, p.entry, self.pos, length, self.ttl_ns) if commit else ar_abort(p.segment.q, p.entry, self.pos)
         self.done = True
+        p.busy_leave()
         if rc != AR_OK:
             raise _error(rc, "%s reservation %d" % ("commit" if commit else "abort", self.pos))
         return 0
@@ -916,12 +974,24 @@ cdef class Consumer(_Client):
         cdef ar_delivery d
         self.check()
         self.allowance(1)
-        self._get(&d, _deadline(timeout))
+        self.busy_enter()
+        try:
+            self._get(&d, _deadline(timeout))
+        finally:
+            self.busy_leave()
         return self._message(&d, copy)
 
     def get_many(self, Py_ssize_t n, timeout=None, bint copy=True):
         """Up to n messages in one C call: waits (up to ``timeout``) for the
         first, then takes whatever else is ready without waiting."""
+        self.check()
+        self.busy_enter()
+        try:
+            return self._get_many(n, timeout, copy)
+        finally:
+            self.busy_leave()
+
+    def _get_many(self, Py_ssize_t n, timeout=None, bint copy=True):
         cdef ar_delivery *ds
         cdef size_t got = 0, i
         cdef uint64_t deadline, since
@@ -949,7 +1019,7 @@ cdef class Consumer(_Client):
             if rc == AR_STALE and self.reattach():
                 if got:
                     return out  # keep what we hold; the next call uses the new entry
-                return self.get_many(n, timeout, copy)
+                return self._get_many(n, timeout, copy)
             if rc != AR_OK:
                 raise _error(rc, "get from queue %r" % (self.segment.name,))
             return out
