@@ -930,6 +930,11 @@ class Consumer(_Client):
         rc = _ar_get(seg._q, self._entry, d, 0, self._lease_ns)
         if rc != AR_OK:
             self._get(d, deadline, rc)   # the general way: waits, reattaches or raises
+        elif self._closed:
+            # closed by another thread during the C call (cffi drops the GIL
+            # around it): give the message back
+            lib.ar_nack(seg._q, (d.word >> 4) & 0xFFF, d, 1)
+            self._check()
         # as _message(d, copy), inlined
         m = _new_message(Message)
         m._consumer = self
@@ -964,6 +969,11 @@ class Consumer(_Client):
                 self._check()
         # Each message points into ds and keeps it alive.
         g = got[0]
+        if self._closed:
+            # closed by another thread meanwhile: give back what we took
+            for i in range(g):
+                lib.ar_nack(seg._q, (ds[i].word >> 4) & 0xFFF, ds + i, 1)
+            self._check()
         out = [self._message(ds + i, copy, ds) for i in range(g)]
         if rc == AR_STALE and self._reattach():
             if g:

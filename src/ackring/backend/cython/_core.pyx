@@ -1015,6 +1015,11 @@ cdef class Consumer(_Client):
                         break
                     self.segment.blocked(since)
                     self.check()
+            if self.closed:
+                # closed by another thread while we waited: give back what we took
+                for i in range(got):
+                    ar_nack(self.segment.q, AR_W_OWNER(ds[i].word), &ds[i], 1)
+                self.check()
             out = [self._message(&ds[i], copy) for i in range(got)]
             if rc == AR_STALE and self.reattach():
                 if got:
