@@ -18,7 +18,6 @@ Differences that come with the binding, not with the behaviour:
   the same views on every version.  ``with p.reserve(n) as buf`` works
   everywhere.
 """
-import errno as _errno
 import operator as _operator
 import os as _os
 import sys as _sys
@@ -26,6 +25,7 @@ import sys as _sys
 from ackring import _errors as E
 from ackring import _liveness
 from ackring._errors import Receipt
+from ackring._status import _NAMES as _STATUS_NAMES, Status as _Status
 
 from ._ackring_cffi import ffi, lib
 
@@ -92,31 +92,10 @@ def _after_fork_in_child():
 _os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _error(rc, what, err=0):
-    if rc == AR_EMPTY:
-        return E.Empty(what)
-    if rc == AR_FULL:
-        return E.Full(what)
-    if rc == AR_TOOBIG:
-        return E.MessageTooLarge(what)
-    if rc == AR_STALE:
-        return E.StaleDelivery(what)
-    if rc == AR_CORRUPT:
-        return E.CorruptedQueue(what + ": a slot failed its bounds check (corrupted segment)")
-    if rc == AR_INCOMPATIBLE:
-        return E.IncompatibleQueue(what + ": not an ackring segment of layout version 1, or truncated")
-    if rc == AR_TABLE_FULL:
-        return E.TooManyClients(what + ": the process table is full (raise max_clients at create)")
-    if rc == AR_NOTFOUND:
-        return E.QueueNotFound(_errno.ENOENT, "no such queue", what)
-    if rc == AR_EXISTS:
-        return FileExistsError(_errno.EEXIST, "queue exists", what)
-    if rc == AR_INVAL:
-        return ValueError(what)
-    if rc == AR_ERRNO:
-        e = err or _errno.EIO
-        return OSError(e, _os.strerror(e), what)
-    return E.Error("%s: unexpected status %d" % (what, rc))
+_STATUS = _Status({name: getattr(lib, name) for name in _STATUS_NAMES})
+_error = _STATUS.error
+_OUTCOMES = _STATUS.outcomes
+REASONS = _STATUS.reasons
 
 
 def _double(x):
@@ -154,12 +133,6 @@ def _duration_ns(seconds, what):
     return int(t * 1e9) or 1
 
 
-_OUTCOMES = {lib.AR_OUT_ACKED: ("acked", None), lib.AR_OUT_DROPPED: ("dropped", None),
-             lib.AR_OUT_DISCARDED: ("discarded", None), lib.AR_OUT_NONE: ("settled", None)}
-REASONS = {lib.AR_DL_REJECTED: "rejected", lib.AR_DL_DELIVERY_LIMIT: "delivery_limit",
-           lib.AR_DL_EXPIRED: "expired", lib.AR_DL_LEASE_EXPIRED: "lease_expired"}
-for _code, _reason in REASONS.items():
-    _OUTCOMES[lib.AR_OUT_DEAD + _code] = ("dead_lettered", _reason)
 
 
 def _deadline(timeout):

@@ -18,12 +18,12 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_Check
 from libc.errno cimport errno
 
-import errno as _errno
 import os as _os
 
 from ackring import _errors as E
 from ackring import _liveness
 from ackring._errors import Receipt
+from ackring._status import Status as _Status
 
 cdef extern from "ackring.h" nogil:
     enum:
@@ -142,31 +142,17 @@ def _after_fork_in_child():
 _os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-cdef object _error(int rc, str what, int err=0):
-    if rc == AR_EMPTY:
-        return E.Empty(what)
-    if rc == AR_FULL:
-        return E.Full(what)
-    if rc == AR_TOOBIG:
-        return E.MessageTooLarge(what)
-    if rc == AR_STALE:
-        return E.StaleDelivery(what)
-    if rc == AR_CORRUPT:
-        return E.CorruptedQueue(what + ": a slot failed its bounds check (corrupted segment)")
-    if rc == AR_INCOMPATIBLE:
-        return E.IncompatibleQueue(what + ": not an ackring segment of layout version 1, or truncated")
-    if rc == AR_TABLE_FULL:
-        return E.TooManyClients(what + ": the process table is full (raise max_clients at create)")
-    if rc == AR_NOTFOUND:
-        return E.QueueNotFound(_errno.ENOENT, "no such queue", what)
-    if rc == AR_EXISTS:
-        return FileExistsError(_errno.EEXIST, "queue exists", what)
-    if rc == AR_INVAL:
-        return ValueError(what)
-    if rc == AR_ERRNO:
-        e = err or _errno.EIO
-        return OSError(e, _os.strerror(e), what)
-    return E.Error("%s: unexpected status %d" % (what, rc))
+_STATUS = _Status({
+    "AR_EMPTY": AR_EMPTY, "AR_FULL": AR_FULL, "AR_TOOBIG": AR_TOOBIG, "AR_STALE": AR_STALE,
+    "AR_CORRUPT": AR_CORRUPT, "AR_INCOMPATIBLE": AR_INCOMPATIBLE, "AR_TABLE_FULL": AR_TABLE_FULL,
+    "AR_EXISTS": AR_EXISTS, "AR_NOTFOUND": AR_NOTFOUND, "AR_INVAL": AR_INVAL, "AR_ERRNO": AR_ERRNO,
+    "AR_OUT_ACKED": AR_OUT_ACKED, "AR_OUT_DROPPED": AR_OUT_DROPPED, "AR_OUT_DEAD": AR_OUT_DEAD,
+    "AR_OUT_DISCARDED": AR_OUT_DISCARDED, "AR_OUT_NONE": AR_OUT_NONE,
+    "AR_DL_REJECTED": AR_DL_REJECTED, "AR_DL_DELIVERY_LIMIT": AR_DL_DELIVERY_LIMIT,
+    "AR_DL_EXPIRED": AR_DL_EXPIRED, "AR_DL_LEASE_EXPIRED": AR_DL_LEASE_EXPIRED})
+_error = _STATUS.error
+_OUTCOMES = _STATUS.outcomes
+REASONS = _STATUS.reasons
 
 
 cdef bytes _copy_out(const unsigned char *data, uint32_t n):
@@ -193,12 +179,6 @@ cdef uint64_t _duration_ns(object seconds, str what) except? 0:
     return <uint64_t>(t * 1e9) or 1
 
 
-_OUTCOMES = {AR_OUT_ACKED: ("acked", None), AR_OUT_DROPPED: ("dropped", None),
-             AR_OUT_DISCARDED: ("discarded", None), AR_OUT_NONE: ("settled", None)}
-REASONS = {AR_DL_REJECTED: "rejected", AR_DL_DELIVERY_LIMIT: "delivery_limit",
-           AR_DL_EXPIRED: "expired", AR_DL_LEASE_EXPIRED: "lease_expired"}
-for _code, _reason in REASONS.items():
-    _OUTCOMES[AR_OUT_DEAD + _code] = ("dead_lettered", _reason)
 
 
 cdef uint64_t _deadline(object timeout) except? 1:
