@@ -30,6 +30,19 @@ def as_view(obj):
         return obj.view()
 
 
+def drain(c, timeout=0.0, pick=lambda m: m, settle="ack"):
+    """Get every message deliverable now (until a get waits `timeout` in
+    vain), settle each with m.<settle>(), and return [pick(m), ...]."""
+    out = []
+    while True:
+        try:
+            m = c.get(timeout=timeout)
+        except ackring.Empty:
+            return out
+        getattr(m, settle)()
+        out.append(pick(m))
+
+
 def segment_path(name):
     """Where a queue's segment file lives (honours ACKRING_DIR)."""
     return os.path.join(os.environ["ACKRING_DIR"], "ackring." + name)

@@ -10,6 +10,7 @@ import pytest
 
 import ackring
 from _ar_workers import as_view, segment_path
+from _ar_workers import drain as _drain
 
 STAT_KEYS = {"depth", "in_flight", "published", "acked", "nacked", "redelivered",
              "producers", "consumers", "capacity", "message_size"}
@@ -17,14 +18,7 @@ STAT_KEYS = {"depth", "in_flight", "published", "acked", "nacked", "redelivered"
 
 def drain(c, timeout=0.05):
     """Get-and-ack everything currently deliverable; return the bodies."""
-    out = []
-    while True:
-        try:
-            m = c.get(timeout=timeout)
-        except ackring.Empty:
-            return out
-        out.append(m.body)
-        m.ack()
+    return _drain(c, timeout, lambda m: m.body)
 
 
 # ------------------------------------------------------------ segment life

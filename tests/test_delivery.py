@@ -33,14 +33,7 @@ def recv(conn, timeout=20):
 
 def drain(c, settle="ack"):
     """Every message ready now, settled with `settle`; returns them."""
-    out = []
-    while True:
-        try:
-            m = c.get(timeout=0)
-        except ackring.Empty:
-            return out
-        getattr(m, settle)()
-        out.append(m)
+    return W.drain(c, 0, settle=settle)
 
 
 def wait_until(cond, timeout, what):

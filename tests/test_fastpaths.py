@@ -21,14 +21,8 @@ def _bits(t):
 
 
 def drain(c, timeout=0.1):
-    out = []
-    while True:
-        try:
-            m = c.get(timeout=timeout)
-        except ackring.Empty:
-            return out
-        out.append((m.id, m.body))
-        m.ack()
+    """Get-and-ack everything currently deliverable: [(id, body)]."""
+    return W.drain(c, timeout, lambda m: (m.id, m.body))
 
 
 # ------------------------------------------------------------------ put_many

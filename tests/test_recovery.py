@@ -41,14 +41,7 @@ kill_and_reap = W.kill_and_reap
 
 def drain(c, timeout=0.2):
     """Everything deliverable now, acked: [(id, body, delivery_count)]."""
-    out = []
-    while True:
-        try:
-            m = c.get(timeout=timeout)
-        except ackring.Empty:
-            return out
-        out.append((m.id, m.body, m.delivery_count))
-        m.ack()
+    return W.drain(c, timeout, lambda m: (m.id, m.body, m.delivery_count))
 
 
 def quiet(q):
