@@ -57,6 +57,38 @@ def _short(i: int, n: int, what: str = "messages") -> BenchError:
     return BenchError("consumer got only %d of %d %s before a get timed out" % (i, n, what))
 
 
+class _McEnd:
+    """End-of-run bookkeeping of an MPMC consumer, called after each burst of
+    gets that ended in an empty wait: publishes this consumer's count, notes
+    when it last made progress, and says when the run is over (producers
+    done and the consumers' counts add up) or has hung (no progress for
+    params.timeout)."""
+
+    def __init__(self, params: Params, clock: Clock, idx: int) -> None:
+        self.n, self.timeout, self.clock, self.idx = params.messages, params.timeout, clock, idx
+        self.seen = -1  # count at the previous empty wait
+        self.t_last: Optional[int] = None
+        self.give_up = time.monotonic() + params.timeout
+
+    def over(self, count: int) -> bool:
+        now = time.monotonic()
+        counts = self.clock.counts
+        if count != self.seen:
+            self.seen = count
+            self.t_last = now_ns() - _POLL_SLICE_NS
+            self.give_up = now + self.timeout
+            counts[self.idx] = count
+        if self.clock.stop_event.is_set() and sum(counts) >= self.n:
+            return True
+        if now > self.give_up:
+            raise _short(sum(counts), self.n) from None
+        return False
+
+    def stop(self) -> None:
+        self.clock.stop(max(self.t_last, self.clock.t_start or 0))
+
+
+
 def _check_body(body: Any, size: int, where: str) -> None:
     if bytes(body) != payload(size):
         raise BenchError("%s arrived with a wrong payload (%d bytes, expected %d)" % (where, len(body), size))
@@ -255,15 +287,10 @@ def _ackring_consume_exact(c: Any, params: Params, clock: Clock) -> Tuple[int, s
 def _ackring_consume_until_counted(c: Any, params: Params, clock: Clock, idx: int) -> Tuple[int, str]:
     """MPMC: take and ack until the producers are done and the consumers'
     counts add up (see the module docstring)."""
-    stop_ev = clock.stop_event
-    counts = clock.counts
-    n = params.messages
     copy = not params.zero_copy
     get = c.get
     count = 0
-    seen = -1  # count at the previous empty wait
-    t_last = None
-    give_up = time.monotonic() + params.timeout
+    end = _McEnd(params, clock, idx)
     if params.batch > 1:
         batch = params.batch
         get_many = c.get_many
@@ -301,17 +328,9 @@ def _ackring_consume_until_counted(c: Any, params: Params, clock: Clock, idx: in
                     count += 1
         except _queue.Empty:
             pass
-        now = time.monotonic()
-        if count != seen:
-            seen = count
-            t_last = now_ns() - _POLL_SLICE_NS
-            give_up = now + params.timeout
-            counts[idx] = count
-        if stop_ev.is_set() and sum(counts) >= n:
+        if end.over(count):
             break
-        if now > give_up:
-            raise _short(sum(counts), n) from None
-    clock.stop(max(t_last, clock.t_start or 0))
+    end.stop()
     return count, api
 
 
@@ -464,12 +483,8 @@ def _generic_consume(ends: Ends, params: Params, clock: Clock, idx: int) -> dict
     batched = params.batch > 1 and ends.get_many is not None
     api = "get_many(%d)" % params.batch if batched else "get"
     if params.mode == MPMC:
-        stop_ev = clock.stop_event
-        counts = clock.counts
         poll = ends.poll
-        seen = -1
-        t_last = None
-        give_up = time.monotonic() + params.timeout
+        end = _McEnd(params, clock, idx)
         clock.start()
         while True:
             try:
@@ -478,17 +493,9 @@ def _generic_consume(ends: Ends, params: Params, clock: Clock, idx: int) -> dict
                     got += 1
             except empty:
                 pass
-            now = time.monotonic()
-            if got != seen:
-                seen = got
-                t_last = now_ns() - _POLL_SLICE_NS
-                give_up = now + params.timeout
-                counts[idx] = got
-            if stop_ev.is_set() and sum(counts) >= n:
+            if end.over(got):
                 break
-            if now > give_up:
-                raise _short(sum(counts), n) from None
-        clock.stop(max(t_last, clock.t_start or 0))
+        end.stop()
     elif batched:
         get_many = ends.get_many
         last = None
