@@ -25,6 +25,7 @@ stamped in build/ and a changed stamp forces a full rebuild, and the Cython
 output of debug and release builds lives in separate directories.
 """
 
+import glob
 import importlib.util
 import os
 import platform
@@ -48,6 +49,10 @@ def _load_cffi_build():
         sys.exit("ackring: building needs cffi>=1.15 (pip installs it from pyproject.toml's build requirements): %s" % e)
     return mod
 
+
+# The C core, one file per concern (ext/ackring.h lists them), compiled into both extensions.
+CORE_SOURCES = sorted(glob.glob("ext/*.c"))
+CORE_HEADERS = sorted(glob.glob("ext/*.h"))
 
 DEBUG, SANITIZE, compile_args, link_args, define_macros = _load_cffi_build().build_flags()
 
@@ -86,9 +91,9 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         "ackring.backend.cython._core",
-        sources=["src/ackring/backend/cython/_core.pyx", "ext/ackring.c"],
+        sources=["src/ackring/backend/cython/_core.pyx"] + CORE_SOURCES,
         include_dirs=["ext"],
-        depends=["ext/ackring.h"],
+        depends=CORE_HEADERS,
         define_macros=define_macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -487,7 +487,7 @@ def ttl_producer(qname, pidx, n, short_ttl, size, result_q):
 def _wait_producer_waiting(q, limit_s):
     """Bounded poll until some producer of q sleeps (e.g. in wait_acked)."""
     deadline = time.monotonic() + limit_s
-    while q._seg.raw_header()["producers_waiting"] == 0:
+    while not q._seg.raw_header()["not_full"] & 1:   # the eventcount's "may sleep" bit
         if time.monotonic() > deadline:
             raise AssertionError("no producer started waiting")
         time.sleep(0.002)
@@ -546,9 +546,9 @@ def rejecting_child(qname, n, conn, limit_s):
 
 def hook_child(qname, point, action, conn):
     """Do `action` with the test hook set at `point`: the process SIGSTOPs
-    itself inside the action, where the parent SIGKILLs it.  Reports
-    ("ready", pid, info) just before the action, and ("returned", ...) if the
-    action ever finishes (it must not)."""
+    itself inside the action, where the parent SIGKILLs it (or SIGCONTs it).
+    Reports ("ready", pid, info) just before the action, and ("returned",
+    info) or ("raised", name) once the action finishes."""
     from ackring.backend import set_test_hook
     try:
         info = None
@@ -575,22 +575,34 @@ def hook_child(qname, point, action, conn):
                 r = p.reserve(16, timeout=5)
                 as_view(r)[:6] = b"victim"
                 info = r.commit(6)
-        elif action in ("get", "ack", "ack_many", "nack"):
+        elif action == "get":
             c = q.consumer()
-            if action == "get":
-                conn.send(("ready", os.getpid(), None))
-                set_test_hook(point)
-                info = c.get(timeout=5).id
+            conn.send(("ready", os.getpid(), None))
+            set_test_hook(point)
+            info = c.get(timeout=5).id
+        elif action in ("ack", "ack_many", "nack", "reject"):
+            c = q.consumer()
+            ms = c.get_many(3, timeout=5)
+            conn.send(("ready", os.getpid(), [(m.id, m.delivery_count) for m in ms]))
+            set_test_hook(point)
+            if action == "ack":
+                ms[0].ack()
+            elif action == "ack_many":
+                c.ack_many(ms)
+            elif action == "nack":
+                ms[0].nack()
             else:
-                ms = c.get_many(3, timeout=5)
-                conn.send(("ready", os.getpid(), [(m.id, m.delivery_count) for m in ms]))
-                set_test_hook(point)
-                if action == "ack":
-                    ms[0].ack()
-                elif action == "ack_many":
-                    c.ack_many(ms)
-                else:
-                    ms[0].nack()
+                ms[0].reject()
+        elif action == "extend":
+            c = q.consumer(ack_timeout=0.3)
+            m = c.get(timeout=5)
+            conn.send(("ready", os.getpid(), m.id))
+            set_test_hook(point)
+            try:
+                m.extend(30)
+            except ackring.StaleDelivery:
+                conn.send(("raised", "StaleDelivery"))
+                os._exit(6)
         elif action == "reclaim":
             conn.send(("ready", os.getpid(), None))
             set_test_hook(point)
@@ -601,31 +613,6 @@ def hook_child(qname, point, action, conn):
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     os._exit(6)
-
-
-def crafted_identity_consumer(qname, start_bits, conn):
-    """Register under this process's pid but another start time (what an
-    entry looks like once its owner died and the pid went to this process),
-    take one delivery, report it, then try to ack it when told to."""
-    from ackring import _liveness
-    try:
-        _liveness._self = (os.getpid(), start_bits)
-        q = ackring.open(qname, watchdog=None)
-        c = q.consumer()
-        m = c.get(timeout=10)
-        conn.send(("held", os.getpid(), m.id))
-        if not conn.poll(30):
-            os._exit(7)
-        conn.recv()
-        try:
-            m.ack()
-        except ackring.StaleDelivery:
-            conn.send(("stale",))
-        else:
-            conn.send(("acked",))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-    os._exit(0)
 
 
 def blocked_consumer_report(qname, n, timeout, conn):
@@ -707,15 +694,13 @@ def batch_consumer(qname, n, batch, size, copy, result_q):
     _guard(result_q, "batch consumer", _batch_consume, qname, n, batch, size, copy, result_q)
 
 
-def stale_ack_many_child(qname, start_bits, conn):
-    """Hold 3 deliveries under a crafted identity (judged dead by the parent's
-    reclaim), then take the requeued copies anew and ack_many a mix of one old
-    (stale) delivery and two current ones."""
-    from ackring import _liveness
+def stale_ack_many_child(qname, conn):
+    """Hold 3 deliveries under a 0.2 s ack lease until the parent has taken
+    them back, then take the requeued copies anew and ack_many a mix of one
+    old (stale) delivery and two current ones."""
     try:
-        _liveness._self = (os.getpid(), start_bits)
         q = ackring.open(qname, watchdog=None)
-        c = q.consumer()
+        c = q.consumer(ack_timeout=0.2)
         old = c.get_many(3, timeout=10)
         conn.send(("held", [m.id for m in old]))
         if not conn.poll(30):
@@ -755,8 +740,9 @@ def wait_stopped(child, conn, point, timeout=20):
         time.sleep(0.005)  # poll interval of a bounded condition loop
 
 
-def stop_child_at(procs, qname, point, action):
-    """Fork a hook_child; return (process, info) once it is stopped at `point`."""
+def stop_child_at(procs, qname, point, action, with_conn=False):
+    """Fork a hook_child; return (process, info) once it is stopped at `point`
+    (and the parent's end of its pipe, with_conn=True)."""
     import multiprocessing
 
     parent_conn, child_conn = multiprocessing.get_context("fork").Pipe(duplex=False)
@@ -765,7 +751,7 @@ def stop_child_at(procs, qname, point, action):
     msg = parent_conn.recv()
     assert msg[0] == "ready", msg
     wait_stopped(child, parent_conn, point)
-    return child, msg[2]
+    return (child, msg[2], parent_conn) if with_conn else (child, msg[2])
 
 
 def kill_and_reap(child):

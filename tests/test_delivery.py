@@ -130,7 +130,8 @@ def test_reject_and_nack_no_requeue_dead_letter_with_original_record(q):
     assert st["rejected"] == 2
     assert st["dead_lettered"] == {"rejected": 2, "delivery_limit": 0, "expired": 0, "lease_expired": 0}
     assert st["dead_lettered_total"] == 2
-    assert st["nacked"] == 3 and st["acked"] == 0 and st["dropped"] == 0
+    # nacked counts requeues only (one here); rejects are counted as rejected
+    assert st["nacked"] == 1 and st["acked"] == 0 and st["dropped"] == 0
     assert st["depth"] == 0 and st["in_flight"] == 0
 
 
@@ -272,7 +273,7 @@ def test_forked_child_dead_letters_under_its_own_entry(make_queue, qname):
         if pid == 0:  # pragma: no cover - child
             try:
                 c = q.consumer()
-                set_test_hook("put_claimed")    # SIGSTOP once the DLQ slot is claimed
+                set_test_hook("alloc_popped")   # SIGSTOP once a DLQ free index is popped
                 try:
                     c.get(timeout=0)
                 except ackring.Empty:

@@ -183,7 +183,7 @@ def test_real_segment_header_layout(qname):
     data = _real_segment_bytes(qname)
     assert data[:8] == struct.pack("<Q", 0x474E49524B434121)  # "!ACKRING"
     assert data[:8] == b"!ACKRING"
-    assert struct.unpack_from("<I", data, 8)[0] == 1
+    assert struct.unpack_from("<I", data, 8)[0] == 2        # layout version 2 (core v2)
 
 
 def test_copy_of_real_segment_opens(qname):
@@ -224,7 +224,7 @@ def test_open_truncated_segment_is_incompatible(qname, keep):
     _assert_incompatible(qname)
 
 
-@pytest.mark.parametrize("version", [0, 2, 999, 0xFFFFFFFF])
+@pytest.mark.parametrize("version", [0, 1, 3, 999, 0xFFFFFFFF])
 def test_open_other_version_is_incompatible(qname, version):
     data = bytearray(_real_segment_bytes(qname + "-src"))
     struct.pack_into("<I", data, 8, version)

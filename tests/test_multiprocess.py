@@ -59,11 +59,12 @@ def _run_mpmc(procs, qname, method, n_producers, per_producer, n_consumers, batc
 
 def _check_exactly_once(prod, cons, stats, n_producers, per_producer):
     total = n_producers * per_producer
-    # producer side: put ids strictly increasing per producer, unique overall
+    # producer side: put ids unique overall (an id names a slot and its use,
+    # so with acks out of order ids are not increasing: design.md 3.4)
     all_put_ids = set()
     for pi, ids in prod.items():
         assert len(ids) == per_producer
-        assert all(a < b for a, b in zip(ids, ids[1:])), "producer %d ids not increasing" % pi
+        assert len(set(ids)) == len(ids), "producer %d got an id twice" % pi
         all_put_ids.update(ids)
     assert len(all_put_ids) == total
 

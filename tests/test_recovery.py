@@ -1,21 +1,33 @@
-"""Recovery from processes killed inside the critical windows.
+"""Recovery from processes killed inside every critical window of core v2.
 
 Each hook test forks a child that sets a test hook (ackring.backend.set_test_hook)
 and starts an operation: the child SIGSTOPs itself at the named point, the
 parent SIGKILLs it exactly there, reaps it, and checks the repair: what
-q.reclaim() returns, q.check() before and after, and that every confirmed
-message is delivered exactly once (or redelivered, for deliveries the dead
-process held) and that nothing stalls.
+q.reclaim() reports (q.last_recovery), q.check() before and after, and that
+every confirmed message is delivered (again, for deliveries the dead process
+held), that no index of the three rings is lost (the full capacity can be
+used again) and that nothing stalls.
+
+The windows (docs/design.md 6.3): alloc_popped (a free index popped, its slot
+not claimed), put_writing (a slot WRITING), publish_ready (READY, not yet on
+the ready ring), get_popped (a ready index popped, its slot not taken),
+get_taken (DELIVERED, its take marker still set), ack_freed (FREE, not yet on
+the free ring), nack_ready (READY again, not yet on the requeue ring),
+dlq_dying / dlq_copied (dead-lettering), register_locked (an entry's lock
+held, the entry not yet ACTIVE), reclaim_locked (a reclaimer holding the
+locks), lease_taken and extend_read (leases).
 
 The parent's queue handles run with watchdog=None so that the repair happens
-in the reclaim() call the test makes (and its count can be asserted), except in
-the watchdog tests.
+in the reclaim() call the test makes, except in the watchdog tests.
 """
 
+import ctypes
+import mmap
 import multiprocessing
 import os
 import signal
 import struct
+import threading
 import time
 
 import psutil
@@ -23,9 +35,11 @@ import pytest
 
 import ackring
 import _ar_workers as W
-from ackring import _liveness
 
 FORK = multiprocessing.get_context("fork")
+
+stop_child_at = W.stop_child_at
+kill_and_reap = W.kill_and_reap
 
 
 def _wait_for(cond, timeout, what):
@@ -35,8 +49,10 @@ def _wait_for(cond, timeout, what):
         time.sleep(0.005)  # poll interval of a bounded condition loop
 
 
-stop_child_at = W.stop_child_at
-kill_and_reap = W.kill_and_reap
+def _wait_past(t):
+    """Wait until CLOCK_MONOTONIC passes t (the condition is the time itself)."""
+    while time.monotonic() < t:
+        time.sleep(max(0.0, t - time.monotonic()))
 
 
 def drain(c, timeout=0.2):
@@ -49,12 +65,21 @@ def quiet(q):
     return s["depth"], s["in_flight"]
 
 
+def full_capacity_still_usable(q, p, c):
+    """No ring index was lost: capacity puts go through at once, and come out."""
+    ids = [p.put(b"cap%d" % i, timeout=0) for i in range(q.capacity)]
+    with pytest.raises(ackring.Full):
+        p.put(b"one too many", timeout=0)
+    assert [x[0] for x in drain(c)] == ids
+    assert q.check() == []
+
+
 # ------------------------------------------------------------ producer side
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("action", ["put", "put_many", "reserve"])
-@pytest.mark.parametrize("point", ["put_claimed", "put_writing"])
-def test_producer_killed_in_put_window_is_discarded(procs, make_queue, point, action):
+@pytest.mark.parametrize("point, what", [("alloc_popped", "repushed"), ("put_writing", "discarded")])
+def test_producer_killed_before_publish_loses_nothing_confirmed(procs, make_queue, point, what, action):
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     p = q.producer()
     before = p.put(b"before", timeout=1)
@@ -63,208 +88,176 @@ def test_producer_killed_in_put_window_is_discarded(procs, make_queue, point, ac
     assert q.reclaim() == 0
     kill_and_reap(child)
     found = q.check()
-    assert any("dead client" in f or "process is gone" in f for f in found), found
-    assert q.reclaim() == 1          # the one claimed slot (put_many stops at its first)
+    assert any("process is gone" in f for f in found), found
+    assert q.reclaim() == 1
+    assert q.last_recovery["entries"] == 1 and q.last_recovery[what] == 1, q.last_recovery
     assert q.check() == []
     assert q.reclaim() == 0          # idempotent
     after = p.put(b"after", timeout=1)
     c = q.consumer()
-    got = drain(c)
-    assert got == [(before, b"before", 1), (after, b"after", 1)]
+    assert drain(c) == [(before, b"before", 1), (after, b"after", 1)]
     assert quiet(q) == (0, 0)
-    s = q.stats()
-    assert s["producers"] == 1 and s["discarded"] >= 1, s
-    # the ring keeps flowing for more than a lap past the discarded position
-    for i in range(20):
-        mid = p.put(b"x%d" % i, timeout=1)
-        m = c.get(timeout=1)
-        assert (m.id, m.body, m.redelivered) == (mid, b"x%d" % i, False)
-        m.ack()
-    assert q.check() == []
+    full_capacity_still_usable(q, p, c)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("point", ["put_claimed", "put_writing"])
-def test_consumer_blocked_behind_dead_writer_is_not_stuck(procs, make_queue, point):
-    """No explicit reclaim: a consumer blocked behind the dead writer's slot
-    gets the next message through its own reclaim pass (after ~100 ms)."""
+@pytest.mark.parametrize("action", ["put", "reserve"])
+def test_producer_killed_between_ready_and_push_is_delivered(procs, make_queue, action):
+    """READY but not yet on the ready ring: the reclaimer finishes the push
+    (the message was written whole; its put had not returned, so this is the
+    at-least-once side of an unconfirmed message, never a torn one)."""
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     p = q.producer()
-    child, _ = stop_child_at(procs, q.name, point, "put")
-    after = p.put(b"after", timeout=1)
-    kill_and_reap(child)
+    before = p.put(b"before", timeout=1)
+    child, _ = stop_child_at(procs, q.name, "publish_ready", action)
     c = q.consumer()
-    m = c.get(timeout=5)
-    assert (m.id, m.body, m.delivery_count) == (after, b"after", 1)
-    m.ack()
-    assert quiet(q) == (0, 0)
-    assert q.check() == []
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("point", ["put_claimed", "put_writing"])
-def test_ring_laps_past_discarded_slot_before_a_consumer_does(procs, make_queue, point):
-    """The producer side may lap the discarded position before any consumer
-    has stepped over it (the discarded slot is FREE, hence claimable by the
-    next lap).  Consumers must still step over the old position and deliver
-    every confirmed message.  The consumer runs in a child so that a wedged
-    get cannot hang the test process."""
-    cap = 4
-    q = make_queue(capacity=cap, message_size=64, watchdog=None)
-    p = q.producer()
-    child, _ = stop_child_at(procs, q.name, point, "put")
+    assert drain(c, 0.05) == [(before, b"before", 1)]   # the stopped one is invisible, blocks nothing
     kill_and_reap(child)
-    assert q.reclaim() == 1
-    ids = [p.put(b"m%d" % i, timeout=0) for i in range(cap)]   # fills every slot, one lapped
-    parent_conn, child_conn = FORK.Pipe(duplex=False)
-    procs(W.blocked_consumer_report, q.name, cap, 2.0, child_conn, method="fork")
-    assert parent_conn.poll(8), ("consumer wedged: get() neither delivered nor timed out; "
-                                  "check() says %r" % (q.check(),))
-    msg = parent_conn.recv()
-    assert msg == ("got", [(i, b"m%d" % k, 1) for k, i in enumerate(ids)]), msg
-    assert quiet(q) == (0, 0)
+    assert any("not in the ready ring" in f for f in q.check()), q.check()
+    assert q.reclaim() == 1 and q.last_recovery["repushed"] == 1, q.last_recovery
     assert q.check() == []
+    assert [(b, n) for _, b, n in drain(c)] == [(b"victim", 1)]
+    full_capacity_still_usable(q, p, c)
 
 
 @pytest.mark.timeout(60)
-def test_aborted_reservation_lapped_before_consumer(procs, make_queue):
-    """Same as above without any crash: an aborted reservation's slot is
-    reused by the next lap before a consumer has passed it."""
-    cap = 4
-    q = make_queue(capacity=cap, message_size=64, watchdog=None)
-    p = q.producer()
-    p.reserve(8).abort()
-    ids = [p.put(b"m%d" % i, timeout=0) for i in range(cap)]
-    parent_conn, child_conn = FORK.Pipe(duplex=False)
-    procs(W.blocked_consumer_report, q.name, cap, 2.0, child_conn, method="fork")
-    assert parent_conn.poll(8), ("consumer wedged: get() neither delivered nor timed out; "
-                                  "check() says %r" % (q.check(),))
-    assert parent_conn.recv() == ("got", [(i, b"m%d" % k, 1) for k, i in enumerate(ids)])
+def test_stopped_producer_does_not_stall_consumers(procs, make_queue):
+    """A SIGSTOPped producer inside its write holds one slot and nothing else:
+    other producers' messages keep flowing (the security issue's chaos stall)."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    child, _ = stop_child_at(procs, q.name, "put_writing", "put")
+    p, c = q.producer(), q.consumer()
+    for i in range(50):                       # many laps of the 8 slots, one of them held
+        mid = p.put(b"m%d" % i, timeout=1)
+        m = c.get(timeout=1)
+        assert (m.id, m.body) == (mid, b"m%d" % i)
+        m.ack()
+    assert q.stats()["writing"] == 1
+    os.kill(child.pid, signal.SIGCONT)        # it finishes its put: delivered too
+    m = c.get(timeout=5)
+    assert m.body == b"victim"
+    m.ack()
 
 
 # ------------------------------------------------------------ consumer side
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("explicit", [True, False], ids=["reclaim", "blocked-get"])
-def test_consumer_killed_after_get_claimed(procs, make_queue, explicit):
+def test_consumer_killed_after_popping_the_index(procs, make_queue, explicit):
+    """The ready index popped, the slot still READY: the reclaimer pushes the
+    index back; it was never delivered, so delivery_count stays 1."""
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     p = q.producer()
     a = p.put(b"A", timeout=1)
     b = p.put(b"B", timeout=1)
-    child, _ = stop_child_at(procs, q.name, "get_claimed", "get")
+    child, _ = stop_child_at(procs, q.name, "get_popped", "get")
     kill_and_reap(child)
-    if explicit:
-        assert any("redeliver" in f for f in q.check()), q.check()
-        assert q.reclaim() == 1
-        assert q.check() == []
     c = q.consumer()
     if explicit:
-        # requeued messages go ahead of never-delivered ones
-        assert drain(c) == [(a, b"A", 2), (b, b"B", 1)]
+        assert q.reclaim() == 1 and q.last_recovery["repushed"] == 1
+        assert q.check() == []
+        assert drain(c) == [(b, b"B", 1), (a, b"A", 1)]
     else:
-        # B is ready at once; A comes back through the reclaim pass the
-        # blocked get runs after ~100 ms
+        # B at once; A through the reclaim pass a blocked get runs after ~100 ms
         got = []
         for _ in range(2):
             m = c.get(timeout=5)
             got.append((m.id, m.body, m.delivery_count))
             m.ack()
-        assert got == [(b, b"B", 1), (a, b"A", 2)]
-        assert drain(c) == []
+        assert got == [(b, b"B", 1), (a, b"A", 1)]
     assert quiet(q) == (0, 0)
+    full_capacity_still_usable(q, p, c)
+
+
+@pytest.mark.timeout(60)
+def test_consumer_killed_after_taking_is_redelivered(procs, make_queue):
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    p = q.producer()
+    a = p.put(b"A", timeout=1)
+    b = p.put(b"B", timeout=1)
+    child, _ = stop_child_at(procs, q.name, "get_taken", "get")
+    kill_and_reap(child)
+    assert any("redeliver" in f for f in q.check()), q.check()
+    assert q.reclaim() == 1 and q.last_recovery["requeued"] == 1
     assert q.check() == []
+    c = q.consumer()
+    # requeued messages go ahead of never-delivered ones
+    assert drain(c) == [(a, b"A", 2), (b, b"B", 1)]
+    assert q.stats()["recovered"] == 1
+    full_capacity_still_usable(q, p, c)
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("action", ["ack", "ack_many"])
-def test_consumer_killed_before_settle_cas(procs, make_queue, action):
+def test_consumer_killed_between_ack_and_free_push(procs, make_queue, action):
+    """The ack's CAS done, the index not yet on the free ring: the message
+    stays acked (never redelivered), and the index goes back to the free ring."""
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     p = q.producer()
     ids = p.put_many([b"m0", b"m1", b"m2"], timeout=1)
-    child, held = stop_child_at(procs, q.name, "ack_before", action)
+    child, held = stop_child_at(procs, q.name, "ack_freed", action)
     assert held == [(i, 1) for i in ids]
     kill_and_reap(child)
-    assert q.reclaim() == 3
+    assert q.reclaim() == 3                       # one index repushed, two deliveries requeued
+    assert (q.last_recovery["repushed"], q.last_recovery["requeued"]) == (1, 2), q.last_recovery
     assert q.check() == []
     c = q.consumer()
-    got = drain(c)
-    assert got == [(i, b"m%d" % k, 2) for k, i in enumerate(ids)]
-    assert quiet(q) == (0, 0)
+    assert drain(c) == [(i, b"m%d" % k, 2) for k, i in enumerate(ids)][1:]
+    assert p.wait_acked(ids[0], timeout=1).outcome == "acked"
+    full_capacity_still_usable(q, p, c)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("action", ["ack", "ack_many"])
-def test_consumer_killed_after_settle_cas_is_not_redelivered(procs, make_queue, action):
+def test_consumer_killed_between_nack_and_requeue_push(procs, make_queue):
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     p = q.producer()
     ids = p.put_many([b"m0", b"m1", b"m2"], timeout=1)
-    child, _ = stop_child_at(procs, q.name, "ack_after", action)
-    kill_and_reap(child)
-    settled = 3 if action == "ack_many" else 1
-    assert q.reclaim() == 3 - settled
-    assert q.check() == []
-    c = q.consumer()
-    got = drain(c)
-    assert got == [(i, b"m%d" % k, 2) for k, i in enumerate(ids)][settled:]
-    assert quiet(q) == (0, 0)
-    assert q.reclaim() == 0
-
-
-@pytest.mark.timeout(60)
-def test_consumer_killed_in_nack_after_hint(procs, make_queue):
-    q = make_queue(capacity=8, message_size=64, watchdog=None)
-    p = q.producer()
-    ids = p.put_many([b"m0", b"m1", b"m2"], timeout=1)
-    child, _ = stop_child_at(procs, q.name, "nack_hint", "nack")
+    child, _ = stop_child_at(procs, q.name, "nack_ready", "nack")
     kill_and_reap(child)
     assert q.reclaim() == 3
+    assert (q.last_recovery["repushed"], q.last_recovery["requeued"]) == (1, 2), q.last_recovery
     assert q.check() == []
     c = q.consumer()
-    got = drain(c)
-    assert sorted(got) == [(i, b"m%d" % k, 2) for k, i in enumerate(ids)]
-    assert quiet(q) == (0, 0)
-    assert q.check() == []
+    assert sorted(drain(c)) == [(i, b"m%d" % k, 2) for k, i in enumerate(ids)]
+    full_capacity_still_usable(q, p, c)
 
 
 @pytest.mark.timeout(60)
-def test_requeue_hint_returns_to_zero_after_nack_hint_kill(procs, make_queue):
-    """The requeue hint is an upper bound; one raised by a process killed
-    before its CAS must not stay raised forever (while it is non-zero every
-    get scans the whole ring for requeued slots)."""
+@pytest.mark.parametrize("point, copies", [("dlq_dying", 0), ("dlq_copied", 1)])
+def test_consumer_killed_while_dead_lettering(procs, make_queue, point, copies):
+    """Killed between the DYING fence and the DLQ copy: redelivered, no dead
+    letter.  Killed after the copy: redelivered, and the dead letter stays
+    (the documented duplicate of at-least-once dead-lettering)."""
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     p = q.producer()
-    p.put(b"m0", timeout=1)
-    child, _ = stop_child_at(procs, q.name, "nack_hint", "nack")
+    ids = p.put_many([b"d0", b"d1", b"d2"], timeout=1)
+    child, _ = stop_child_at(procs, q.name, point, "reject")
     kill_and_reap(child)
-    q.reclaim()
+    assert q.reclaim() >= 3
+    assert q.check() == [] and q.dead_letters.check() == []
     c = q.consumer()
-    assert [x[1] for x in drain(c)] == [b"m0"]
-    for i in range(20):                      # more traffic, more than a lap
-        p.put(b"x", timeout=1)
-        c.get(timeout=1).ack()
-    assert q._seg.raw_header()["requeued"] == 0
+    assert sorted(drain(c)) == [(i, b"d%d" % k, 2) for k, i in enumerate(ids)]
+    with q.dead_letters.consumer() as dc:
+        dead = W.drain(dc, 0.1, lambda m: (m.body, m.death["id"]))
+    assert dead == [(b"d0", ids[0])] * copies
 
 
 # ------------------------------------------------------------ process table
 
 @pytest.mark.timeout(60)
-def test_killed_while_claiming_table_entry(procs, make_queue):
+def test_killed_while_registering(procs, make_queue):
     max_clients = 3
     q = make_queue(capacity=8, message_size=64, watchdog=None, max_clients=max_clients)
-    child, _ = stop_child_at(procs, q.name, "register_claimed", "register")
-    rows = [r for r in q._seg.clients() if r[3] == child.pid]
-    assert len(rows) == 1 and rows[0][1] == 1, q._seg.clients()   # CLAIMING, under the child's pid
+    child, _ = stop_child_at(procs, q.name, "register_locked", "register")
     assert q.stats()["producers"] == 0
     kill_and_reap(child)
-    assert any("claiming" in f for f in q.check()), q.check()
     assert q.reclaim() == 0
-    assert [r for r in q._seg.clients() if r[3] == child.pid] == []
     assert q.check() == []
     name = q.name
-    q.close()                       # gives back the observer entry reclaim() took
+    q.close()
     q2 = ackring.open(name, watchdog=None)
     try:
-        ps = [q2.producer() for _ in range(max_clients)]
+        ps = [q2.producer() for _ in range(max_clients)]       # the entry it locked is usable
         assert q2.stats()["producers"] == max_clients
         with pytest.raises(ackring.TooManyClients):
             q2.consumer()
@@ -279,103 +272,182 @@ def test_killed_while_claiming_table_entry(procs, make_queue):
 def test_killed_producer_entry_is_freed(procs, make_queue):
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     parent_conn, child_conn = FORK.Pipe(duplex=False)
-    release = FORK.Event()
-    child = procs(W.register_and_hang, q.name, "producer", child_conn, release, method="fork")
+    child = procs(W.register_and_hang, q.name, "producer", child_conn, FORK.Event(), method="fork")
     assert parent_conn.poll(20)
     tag, pid, closed = parent_conn.recv()
     assert (tag, closed) == ("registered", False)
     assert q.stats()["producers"] == 1
     kill_and_reap(child)
-    assert q.reclaim() == 0
-    assert q.stats()["producers"] == 0
-    assert [r for r in q._seg.clients() if r[3] == pid] == []
+    assert q.reclaim() == 0 and q.last_recovery["entries"] == 1
+    assert q.stats()["producers"] == 0 and q.stats()["reclaimed_entries"] == 1
+    assert [e for e in q._seg.entries() if e["pid"] == pid] == []
     assert q.check() == []
 
 
 @pytest.mark.timeout(60)
 def test_table_full_of_dead_processes_is_recovered(procs, make_queue):
-    """The process table full, the dead holding entries: reclaim must still
-    free them (it cannot take an observer entry of its own first)."""
+    """The table full, the dead holding entries: a registration reclaims them
+    first instead of failing (and the pass needs no entry of its own)."""
     max_clients = 3
     q = make_queue(capacity=8, message_size=64, watchdog=None, max_clients=max_clients)
     p = q.producer()
     ids = p.put_many([b"f0", b"f1"], timeout=0)
     holders = [_hold(procs, q, 1)[0] for _ in range(2)]
-    assert q.stats()["producers"] + q.stats()["consumers"] == max_clients
-    with pytest.raises(ackring.TooManyClients):
-        q.consumer()
+    st = q.stats()
+    assert st["producers"] + st["consumers"] == max_clients
     for ch in holders:
         kill_and_reap(ch)
-    assert q.reclaim() == 2
-    assert q.check() == []
-    c = q.consumer()
+    c = q.consumer()                         # would be TooManyClients without the reclaim
     assert sorted(drain(c)) == [(ids[0], b"f0", 2), (ids[1], b"f1", 2)]
-    assert q.stats()["consumers"] == 1
+    assert q.stats()["consumers"] == 1 and q.stats()["reclaimed_entries"] == 2
+    assert q.check() == []
 
 
-# ------------------------------------------------------------ reclaim lock
-
-def _locks(q):
-    """The reclaim-lock words of the queue's segment and, if it has one, of
-    its dead-letter segment (a reclaim pass takes both in turn)."""
-    segs = [q._seg] + [d for d in [getattr(q._seg, "dlq", None)] if d is not None]
-    return [sg.raw_header()["reclaim_lock"] for sg in segs]
+def _entry_word_offset(index):
+    return 1536 + 256 * index            # layout v2: header 1536 bytes, entries of 256 (design.md 2)
 
 
 @pytest.mark.timeout(60)
-def test_reclaimer_killed_holding_the_reclaim_lock(procs, make_queue):
-    """A reclaimer killed while holding the reclaim lock must not block later
-    reclaims: another process breaks the lock and finishes the repair."""
+def test_liveness_ignores_pids(procs, make_queue):
+    """A dead entry is reclaimed even if the pid it names now belongs to a
+    live process (pid reuse), and a live one is kept whatever pid it names:
+    liveness is the entry's OFD lock, which dies with its owner."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    p = q.producer()
+    mid = p.put(b"reused", timeout=1)
+    holder, held = _hold(procs, q, 1)
+    parent_conn, child_conn = FORK.Pipe(duplex=False)
+    live = procs(W.register_and_hang, q.name, "producer", child_conn, FORK.Event(), method="fork")
+    assert parent_conn.poll(20) and parent_conn.recv()[0] == "registered"
+    holder_entry = [e for e in q._seg.entries() if e["pid"] == holder.pid][0]["index"]
+    kill_and_reap(holder)
+    # write a live process's pid into the dead entry (what pid reuse looks like)
+    with open(q.path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        off = _entry_word_offset(holder_entry)
+        word = struct.unpack_from("<Q", mm, off)[0]
+        struct.pack_into("<Q", mm, off, (word & 0xFFFFFFFF) | (live.pid << 32))
+    assert q.reclaim() == 1 and q.last_recovery["requeued"] == 1
+    m = q.consumer().get(timeout=1)
+    assert (m.id, m.delivery_count) == (mid, 2)
+    m.ack()
+    assert q.stats()["producers"] == 2          # the live one (and ours) untouched
+
+
+@pytest.mark.timeout(60)
+def test_process_whose_main_thread_exited_stays_alive(procs, make_queue):
+    """A process whose main thread has exited while another thread runs shows
+    as a zombie to psutil; it is alive, and its deliveries stay its own."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    mid = q.producer().put(b"mine", timeout=1)
+    parent_conn, child_conn = FORK.Pipe(duplex=False)
+    child = procs(_main_thread_exits, q.name, child_conn, method="fork")
+    assert parent_conn.poll(20) and parent_conn.recv() == ("held", mid)
+    _wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10,
+              "the main thread to exit")
+    assert q.reclaim() == 0
+    assert q.stats()["in_flight"] == 1 and q.check() == []
+    kill_and_reap(child)
+    assert q.reclaim() == 1
+    m = q.consumer().get(timeout=1)
+    assert (m.id, m.delivery_count) == (mid, 2)
+
+
+def _main_thread_exits(qname, conn):
+    q = ackring.open(qname, watchdog=None)
+    c = q.consumer()
+    m = c.get(timeout=10)
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    conn.send(("held", m.id))
+    ctypes.CDLL(None).pthread_exit(None)     # the main thread goes; the sleeper keeps the process
+
+
+# ------------------------------------------------------------ reclaimers
+
+@pytest.mark.timeout(60)
+def test_reclaimer_killed_in_the_middle_of_a_repair(procs, make_queue):
+    """A reclaimer killed holding the reclaim lock and a dead entry's lock:
+    the kernel drops both; the next pass repeats the (idempotent) repair."""
     q = make_queue(capacity=8, message_size=64, watchdog=None)
     p = q.producer()
     ids = p.put_many([b"h0", b"h1"], timeout=1)
-    # a consumer dies holding both messages
-    parent_conn, child_conn = FORK.Pipe(duplex=False)
-    release = FORK.Event()
-    holder = procs(W.hold_and_hang, q.name, 2, child_conn, release, method="fork")
-    assert parent_conn.poll(20)
-    assert parent_conn.recv()[:2] == ("held", ids)
+    holder, held = _hold(procs, q, 2)
+    assert held == ids
     kill_and_reap(holder)
-    # the reclaimer (ackring.open's reclaim pass) stops holding the lock
     reclaimer, _ = stop_child_at(procs, q.name, "reclaim_locked", "open_reclaim")
-    assert reclaimer.pid in [lock >> 32 for lock in _locks(q)]
+    assert q.reclaim() == 0               # the reclaim lock is held by a live (stopped) process
     kill_and_reap(reclaimer)
     assert q.reclaim() == 2
-    assert _locks(q) == [0] * len(_locks(q))
     assert q.check() == []
     c = q.consumer()
     assert drain(c) == [(ids[0], b"h0", 2), (ids[1], b"h1", 2)]
-    assert quiet(q) == (0, 0)
+    full_capacity_still_usable(q, p, c)
 
 
 @pytest.mark.timeout(60)
-def test_blocked_consumer_recovers_after_reclaimer_killed_with_lock(procs, make_queue):
+def test_blocked_consumer_recovers_after_reclaimer_killed(procs, make_queue):
     q = make_queue(capacity=8, message_size=64, watchdog=None)
-    p = q.producer()
-    mid = p.put(b"h", timeout=1)
-    parent_conn, child_conn = FORK.Pipe(duplex=False)
-    release = FORK.Event()
-    holder = procs(W.hold_and_hang, q.name, 1, child_conn, release, method="fork")
-    assert parent_conn.poll(20) and parent_conn.recv()[0] == "held"
+    mid = q.producer().put(b"h", timeout=1)
+    holder, _ = _hold(procs, q, 1)
     kill_and_reap(holder)
     reclaimer, _ = stop_child_at(procs, q.name, "reclaim_locked", "open_reclaim")
     kill_and_reap(reclaimer)
-    c = q.consumer()
-    try:
-        m = c.get(timeout=5)
-    except ackring.Empty:
-        raise AssertionError("message held by a dead consumer never came back; locks %r, check %r"
-                             % (_locks(q), q.check()))
+    m = q.consumer().get(timeout=5)
     assert (m.id, m.delivery_count) == (mid, 2)
     m.ack()
+
+
+# ------------------------------------------------------------ leases
+
+@pytest.mark.timeout(60)
+def test_stale_extend_cannot_touch_the_next_delivery(procs, make_queue):
+    """The core review's bug 1: an extender paused between reading the lease
+    and writing it must not overwrite the lease of whoever holds the message
+    by the time it resumes.  Its extend fails, and the new holder's lease is
+    untouched (it is neither wiped nor made due)."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    mid = q.producer().put(b"leased", timeout=1)
+    child, got, conn = stop_child_at(procs, q.name, "extend_read", "extend", with_conn=True)
+    assert got == mid
+    # its 0.3 s lease runs out: a reclaim pass takes the delivery back
+    _wait_for(lambda: q.reclaim() == 1, 10, "the lease scan to take the delivery back")
+    assert q.last_recovery["leases"] == 1
+    c = q.consumer(ack_timeout=0.5)
+    m = c.get(timeout=1)
+    assert (m.id, m.delivery_count) == (mid, 2)
+    lease_before = q._seg.raw_slots()[mid & 7][1]
+    os.kill(child.pid, signal.SIGCONT)
+    assert conn.poll(10) and conn.recv() == ("raised", "StaleDelivery")
+    assert q._seg.raw_slots()[mid & 7][1] == lease_before
+    assert q.reclaim() == 0                  # not taken back under its live holder
+    m.ack()
+
+
+@pytest.mark.timeout(60)
+def test_lease_scanner_killed_after_taking_the_lease(procs, make_queue):
+    """A scanner killed between taking a lease and taking the delivery back:
+    the next scan finishes the job; the holder's late ack is refused."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    mid = q.producer().put(b"x", timeout=1)
+    c = q.consumer(ack_timeout=0.2)
+    m = c.get(timeout=1)
+    _wait_past(time.monotonic() + 0.25)      # the lease is past due
+    scanner, _ = stop_child_at(procs, q.name, "lease_taken", "open_reclaim")
+    kill_and_reap(scanner)
+    with pytest.raises(ackring.StaleDelivery):
+        m.extend(10)                          # the taken lease cannot be extended
+    assert q.reclaim() == 1 and q.last_recovery["leases"] == 1
+    with pytest.raises(ackring.StaleDelivery):
+        m.ack()
+    m2 = q.consumer().get(timeout=1)
+    assert (m2.id, m2.delivery_count) == (mid, 2)
+    m2.ack()
 
 
 # ------------------------------------------------------------ watchdog
 
 def _hold(procs, q, n):
     parent_conn, child_conn = FORK.Pipe(duplex=False)
-    release = FORK.Event()
-    holder = procs(W.hold_and_hang, q.name, n, child_conn, release, method="fork")
+    holder = procs(W.hold_and_hang, q.name, n, child_conn, FORK.Event(), method="fork")
     assert parent_conn.poll(20)
     tag, held, pid = parent_conn.recv()
     assert tag == "held" and len(held) == n
@@ -448,7 +520,7 @@ def test_watchdog_none_via_open_and_pickling(make_queue):
         q3.producer()
         assert q3.watchdog is not None and q3.watchdog.is_alive()
         q3.close()
-        _wait_for(lambda: not q3.watchdog.is_alive(), 5, "the watchdog to end with its queue")
+        assert not q3.watchdog.is_alive()    # close() joins it before its entries go
     finally:
         q3.close()
     with pytest.raises(ValueError):
@@ -476,6 +548,8 @@ def test_open_recovers_a_queue_whose_processes_all_died(procs, make_queue):
         kill_and_reap(ch)
     q2 = ackring.open(name, watchdog=None)      # runs a reclaim pass
     try:
+        r = q2.open_recovery
+        assert (r["entries"], r["requeued"]) == (3, 3), r
         s = q2.stats()
         assert (s["depth"], s["in_flight"], s["producers"], s["consumers"]) == (6, 0, 0, 0), s
         assert q2.check() == []
@@ -484,114 +558,6 @@ def test_open_recovers_a_queue_whose_processes_all_died(procs, make_queue):
         assert sorted(got) == sorted((i, b"o%d" % k, 2 if k < 3 else 1) for k, i in enumerate(ids))
     finally:
         q2.close()
-
-
-# ------------------------------------------------------------ pid reuse
-
-def _bits(t):
-    return struct.unpack("<Q", struct.pack("<d", t))[0]
-
-
-def _dead_pids(q):
-    """pids of the entries dead_entries() returns (its rows start with the index)."""
-    pid_of = {r[0]: r[3] for r in q._seg.clients()}
-    return [pid_of[d[0]] for d in _liveness.dead_entries(q._seg.clients())]
-
-
-def _row(shape, index, state, role, pid, start):
-    """A crafted Segment.clients() row (index, state, role, pid, start_time, ...)
-    of the same length as the library's rows; extra fields (the entry word, a
-    "mine" flag) are filled in as the library would for another process."""
-    row = (index, state, role, pid, start)
-    if len(shape) >= 6:
-        row += ((pid << 32) | (role << 8) | state,)
-    if len(shape) >= 7:
-        row += (False,)
-    return row + tuple(shape[len(row):])
-
-
-def _identity_in_table(procs, q):
-    """(child process, pid, start) of a live child as the library records it
-    in the process table (whatever the start-time representation is)."""
-    parent_conn, child_conn = FORK.Pipe(duplex=False)
-    child = procs(W.register_and_hang, q.name, "producer", child_conn, FORK.Event(), method="fork")
-    assert parent_conn.poll(20)
-    _tag, pid, _closed = parent_conn.recv()
-    rows = [r for r in q._seg.clients() if r[3] == pid and r[2] == 1]
-    assert len(rows) == 1, q._seg.clients()
-    return child, pid, rows[0][4], rows[0]
-
-
-def test_is_alive_compares_start_time():
-    pid, start = _liveness.self_identity()
-    assert pid == os.getpid() and start != 0
-    assert _liveness.is_alive(pid, start) is True
-    assert _liveness.is_alive(pid, start + 1000) is False      # same pid, another process start
-    assert _liveness.is_alive(pid, _bits(1.0)) is False
-    assert _liveness.is_alive(pid, 0) is True                   # CLAIMING: no start time yet
-
-
-def test_is_alive_dead_pid():
-    child = FORK.Process(target=os._exit, args=(0,), daemon=True)
-    child.start()
-    pid = child.pid
-    # a zombie (exited, not reaped) is dead
-    _wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10, "the child to exit")
-    assert _liveness.is_alive(pid, 0) is False
-    child.join(10)
-    assert _liveness.is_alive(pid, 0) is False
-
-
-@pytest.mark.timeout(60)
-def test_dead_entries_treats_reused_pid_as_dead(procs, make_queue):
-    """Crafted process-table rows (index, state, role, pid, start_time) around
-    a live child's real identity: the same pid with another start time is a
-    reused pid, hence dead."""
-    q = make_queue(watchdog=None)
-    child, pid, start, shape = _identity_in_table(procs, q)
-    assert _liveness.is_alive(pid, start) is True
-    assert _liveness.is_alive(pid, start + 1000) is False
-    rows = [
-        _row(shape, 0, 2, 1, pid, start),            # live, right start time
-        _row(shape, 1, 2, 2, pid, start + 1000),     # live pid, other start time: reused pid
-        _row(shape, 2, 1, 1, pid, 12345),            # CLAIMING: start time not written yet, live pid
-        _row(shape, 3, 3, 2, pid, start),            # DEAD: always returned
-        _row(shape, 4, 2, 1, os.getpid(), 1),        # our own pid: always live
-    ]
-    dead = _liveness.dead_entries(rows)
-    assert [(d[0], d[-1]) for d in dead] == [(1, start + 1000), (3, start)]
-    assert _liveness.dead_entries(q._seg.clients()) == []
-    kill_and_reap(child)
-    assert _dead_pids(q) == [pid]
-
-
-@pytest.mark.timeout(60)
-def test_entry_of_reused_pid_is_reclaimed(procs, make_queue):
-    """Full flow: a live process whose pid is in an entry with another start
-    time (what a reused pid looks like) is judged dead; what the entry held is
-    redelivered, and the process's own later ack is stale."""
-    q = make_queue(capacity=8, message_size=64, watchdog=None)
-    p = q.producer()
-    mid = p.put(b"reused", timeout=1)
-    parent_conn, child_conn = FORK.Pipe(duplex=True)
-    child = procs(W.crafted_identity_consumer, q.name, _bits(1234.5), child_conn, method="fork")
-    assert parent_conn.poll(20)
-    msg = parent_conn.recv()
-    assert msg == ("held", child.pid, mid), msg
-    assert _dead_pids(q) == [child.pid]
-    assert child.is_alive()
-    assert q.reclaim() == 1
-    c = q.consumer()
-    m = c.get(timeout=1)
-    assert (m.id, m.body, m.delivery_count) == (mid, b"reused", 2)
-    parent_conn.send("ack")
-    assert parent_conn.poll(20)
-    assert parent_conn.recv() == ("stale",)
-    m.ack()
-    child.join(10)
-    assert child.exitcode == 0
-    assert quiet(q) == (0, 0)
-    assert q.check() == []
 
 
 @pytest.mark.timeout(60)
@@ -604,7 +570,7 @@ def test_open_recovers_when_every_table_entry_is_dead(procs, make_queue):
     p = q.producer()
     ids = p.put_many([b"e0", b"e1"], timeout=0)
     p.close()
-    q.close()                                  # no live handle left in this process
+    q.close()
     holders = []
     for _ in range(max_clients):
         parent_conn, child_conn = FORK.Pipe(duplex=False)

@@ -8,6 +8,7 @@ on one Linux machine.
         handle(m.body)          # acked when the block exits normally
 """
 import atexit as _atexit
+import gc as _gc
 import operator as _operator
 import os as _os
 import weakref as _weakref
@@ -26,34 +27,39 @@ from ._errors import (  # noqa: F401
     Receipt,
     StaleDelivery,
     TooManyClients,
+    UntrustedQueue,
 )
 from ._check import check_segment as _check_segment
 from ._watchdog import Watchdog as _Watchdog
-from .backend import Consumer, Message, Producer, Reservation, Segment
+from . import _status
+from .backend import Batch, Consumer, Message, Producer, Reservation, Segment
 from .backend import name as backend
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "create", "open", "unlink", "Queue", "Producer", "Consumer", "Message", "Reservation",
-    "Error", "Empty", "Full", "QueueNotFound", "MessageTooLarge", "IncompatibleQueue",
+    "create", "open", "unlink", "list_queues", "Queue", "Producer", "Consumer", "Message", "Reservation",
+    "Batch", "Error", "Empty", "Full", "QueueNotFound", "MessageTooLarge", "IncompatibleQueue",
     "CorruptedQueue", "StaleDelivery", "AlreadySettled", "QueueClosed", "TooManyClients",
-    "PrefetchExceeded", "Receipt",
+    "PrefetchExceeded", "UntrustedQueue", "Receipt",
 ]
 
 DEFAULT_DIR = "/dev/shm"
 #: Seconds between the watchdog's reclaim passes (see Queue.watchdog).
 DEFAULT_WATCHDOG_INTERVAL = 0.1
 DLQ_SUFFIX = ".dlq"
+FILE_PREFIX = "ackring."
 DEFAULT_MAX_DELIVERIES = 20   # as RabbitMQ quorum queues
+DURABILITIES = _status.DURABILITY
 _DEATH_SIZE = 40              # bytes of dead-letter header in every DLQ slot (ext/ackring.h)
 _MAX_MESSAGE_SIZE = (1 << 30) - _DEATH_SIZE
 _MAX_CAPACITY = 1 << 24
+_UNSET = object()             # "left at its default": taken from an existing queue by exist_ok
 
 
-def _directory():
-    """Where segments live: /dev/shm, or $ACKRING_DIR (tests point it at a private directory)."""
-    return _os.environ.get("ACKRING_DIR") or DEFAULT_DIR
+def _directory(dir=None):
+    """Where segments live: `dir`, else $ACKRING_DIR, else /dev/shm."""
+    return dir or _os.environ.get("ACKRING_DIR") or DEFAULT_DIR
 
 
 def _check_name(name, creating=False):
@@ -69,23 +75,51 @@ def _check_name(name, creating=False):
                          % (name, DLQ_SUFFIX))
 
 
+def _locate(name, path, dir, creating=False):
+    """(name, file path) of a queue given by name (in `dir`) or by `path`."""
+    if path is not None:
+        path = _os.fspath(path)
+        if name is None:
+            name = _os.path.basename(path)
+            if name.startswith(FILE_PREFIX):
+                name = name[len(FILE_PREFIX):]
+        if creating and path.endswith(DLQ_SUFFIX):
+            raise ValueError("bad queue path %r: paths ending in %r are the dead-letter queues'"
+                             % (path, DLQ_SUFFIX))
+        return name, path
+    if name is None:
+        raise TypeError("give a queue name, or path=")
+    _check_name(name, creating)
+    return name, _os.path.join(_directory(dir), FILE_PREFIX + name)
+
+
 def _int_arg(value, what):
     if isinstance(value, bool):
         raise TypeError("%s must be an int, not bool" % what)
-    return _operator.index(value)
+    try:
+        return _operator.index(value)
+    except TypeError:
+        raise TypeError("%s must be an int, not %s" % (what, type(value).__name__)) from None
+
+
+def _trust(trust_uids):
+    uids = tuple(_int_arg(u, "trust_uids item") for u in (trust_uids or ()))
+    if any(not 0 <= u < 1 << 32 for u in uids):
+        raise ValueError("trust_uids must be uids (0 .. 2**32-1)")
+    return uids
 
 
 class Queue:
-    """A handle on one queue segment, mapped into this process.
+    """A handle on one queue, mapped into this process.
 
-    Picklable by name: a child process that unpickles it opens the queue.
+    Picklable by path: a child process that unpickles it opens the queue.
 
     ``watchdog`` is the interval in seconds of this process's watchdog thread,
     started with the first producer or consumer: it reclaims what dead
     processes hold, so their messages are redelivered within about that
     interval.  ``None`` turns it off (blocked calls still reclaim)."""
 
-    def __init__(self, segment, watchdog=DEFAULT_WATCHDOG_INTERVAL):
+    def __init__(self, segment, watchdog=DEFAULT_WATCHDOG_INTERVAL, trust_uids=()):
         if watchdog is not None and not watchdog > 0:
             raise ValueError("watchdog must be None or an interval > 0 seconds, not %r" % (watchdog,))
         self._seg = segment
@@ -93,36 +127,42 @@ class Queue:
         self._watchdog_interval = watchdog
         self._watchdog = None
         self._dead_letters = None
+        self._trust = trust_uids
+        self.last_recovery = None
         _open_queues.add(self)
 
     # ---- identity
     name = property(lambda self: self._seg.name)
+    path = property(lambda self: self._seg.path, doc="The queue's file.")
     capacity = property(lambda self: self._seg.capacity)
     message_size = property(lambda self: self._seg.message_size)
     queue_id = property(lambda self: self._seg.queue_id)
     closed = property(lambda self: self._seg.closed)
     config = property(lambda self: self._seg.config,
-                      doc="Delivery rules fixed at creation: max_deliveries, ttl, ack_timeout.")
+                      doc="Rules fixed at creation: max_deliveries, ttl, ack_timeout, durability, checksum.")
+    durability = property(lambda self: self._seg.config["durability"])
+    is_shutdown = property(lambda self: self._seg.is_shutdown)
 
     @property
     def dead_letters(self):
-        """The dead-letter queue ``<name>.dlq`` (a Queue; consume it like any
-        other: its messages carry ``m.death``).  None for a dead-letter queue
-        itself, or when it was removed."""
-        if self._dead_letters is None and self._seg.dlq is not None:
+        """The dead-letter queue ``<name>.dlq`` (a Queue whose messages carry
+        ``m.death``).  None for a dead-letter queue itself, or when it was removed."""
+        if self._dead_letters is None and self._seg.dlq is not None and not self._seg.dlq.closed:
             self._dead_letters = Queue(self._seg.dlq, watchdog=None)
         return self._dead_letters
 
     @property
-    def path(self):
-        return _os.path.join(self._seg.directory, "ackring." + self._seg.name)
+    def open_recovery(self):
+        """What opening this queue repaired (dead entries, requeued messages,
+        half-written ones discarded, a rebuild after reboot): a dict."""
+        return self._seg.last_open() if self.last_recovery is None else self.last_recovery
 
     def __repr__(self):
         state = "closed" if self.closed else "capacity=%d message_size=%d" % (self.capacity, self.message_size)
         return "<ackring.Queue %r %s>" % (self.name, state)
 
     def __reduce__(self):
-        return (_reopen, (self._seg.name, self._seg.directory, self._watchdog_interval))
+        return (_reopen, (self._seg.name, self._seg.path, self._watchdog_interval, self._trust))
 
     @property
     def watchdog(self):
@@ -135,12 +175,21 @@ class Queue:
             self._watchdog.start()
 
     # ---- clients
+    def _client(self, make):
+        try:
+            c = make()
+        except TooManyClients:
+            # Clients dropped without close() are freed by their finalizers;
+            # without reference counting (PyPy) those run at a collection.
+            _gc.collect()
+            c = make()
+        self._clients.add(c)
+        self._start_watchdog()
+        return c
+
     def producer(self):
         """A new Producer (one process-table entry until it is closed)."""
-        p = Producer(self._seg)
-        self._clients.add(p)
-        self._start_watchdog()
-        return p
+        return self._client(lambda: Producer(self._seg))
 
     def consumer(self, prefetch=None, ack_timeout=None):
         """A new Consumer; closing it requeues whatever it still holds unsettled.
@@ -149,28 +198,82 @@ class Queue:
         past it raises PrefetchExceeded at once).  ``ack_timeout``: seconds a
         delivery may stay unsettled before it is taken back and redelivered
         (default: the queue's ack_timeout)."""
-        c = Consumer(self._seg, prefetch, ack_timeout)
-        self._clients.add(c)
-        self._start_watchdog()
-        return c
+        return self._client(lambda: Consumer(self._seg, prefetch, ack_timeout))
 
-    # ---- inspection and repair
+    # ---- inspection, operations and repair
     def stats(self):
-        """Counters and a snapshot of the ring: depth (ready), in_flight
-        (delivered, unsettled), published, acked, nacked, redelivered,
-        producers, consumers, capacity, message_size and more."""
+        """Counters and a snapshot: depth (ready), in_flight (delivered,
+        unsettled), unsettled, published, acked, nacked (requeues only),
+        redelivered, dead_lettered, recovered, reclaimed_entries,
+        oldest_unsettled (age and holder), producers, consumers, ... (the
+        README's table explains each)."""
         return self._seg.stats()
 
     def reclaim(self):
         """Repair what dead processes left (their deliveries are redelivered,
-        their half-written slots discarded); returns the number of slots."""
-        return self._seg.reclaim()
+        their half-written slots discarded, their half-done ring operations
+        finished) and take back deliveries whose lease ran out; returns the
+        number of messages put right.  The details: ``last_recovery``."""
+        r = self._seg.reclaim()
+        self.last_recovery = r
+        return r["requeued"] + r["discarded"] + r["repushed"] + r["leases"]
 
     def check(self):
-        """Verify the whole segment (header, every slot word, counters, process
-        table); returns a list of problems in plain words, empty when sound.
-        Exact on a quiet queue; under traffic a finding can be transient."""
+        """Verify the whole segment; returns a list of problems in plain words,
+        empty when sound.  Exact on a quiet queue; under traffic a finding
+        can be transient."""
         return _check_segment(self._seg)
+
+    def peek(self, n=10):
+        """Up to n ready messages in delivery order, without taking them: a
+        list of dicts (id, body, delivery_count, publish_time, requeued)."""
+        n = _int_arg(n, "n")
+        return [{"id": i, "body": b, "delivery_count": dc, "publish_time": pub / 1e9, "requeued": rq}
+                for i, b, dc, pub, rq in self._seg.peek(n)]
+
+    def purge(self):
+        """Drop every message that is ready now (not those held by consumers);
+        returns how many."""
+        with Consumer(self._seg) as c:
+            return c.purge()
+
+    def redrive(self, n=None, reason=None, timeout=0):
+        """Move dead letters back to this queue (optionally only those of
+        ``reason``, at most ``n``); returns how many moved.  Each is put here
+        (confirmed) before it is acked in the DLQ, so a death midway leaves a
+        copy in both places, never none."""
+        dlq = self.dead_letters
+        if dlq is None:
+            raise ValueError("queue %r has no dead-letter queue" % self.name)
+        if reason is not None and reason not in ("rejected", "delivery_limit", "expired", "lease_expired"):
+            raise ValueError("reason must be rejected, delivery_limit, expired or lease_expired, not %r" % (reason,))
+        limit = None if n is None else _int_arg(n, "n")
+        moved = 0
+        skipped = []
+        with self.producer() as p, dlq.consumer() as c:
+            while limit is None or moved < limit:
+                try:
+                    m = c.get(timeout=timeout)
+                except Empty:
+                    break
+                if reason is not None and m.death["reason"] != reason:
+                    skipped.append(m)
+                    continue
+                p.put(m.body)
+                m.ack()
+                moved += 1
+            for m in skipped:
+                m.nack()
+        return moved
+
+    def shutdown(self):
+        """Shut the queue down for every process: puts raise QueueClosed at
+        once; gets (and ``for m in c``) end once the ready messages are drained."""
+        self._seg.shutdown()
+
+    def sync(self):
+        """File queues: make everything written so far durable (fdatasync)."""
+        self._seg.sync()
 
     def run_watchdog(self, interval=DEFAULT_WATCHDOG_INTERVAL, stop=None, on_repair=None):
         """Run reclaim passes every ``interval`` seconds in this thread until
@@ -179,24 +282,25 @@ class Queue:
         import threading
         stop = stop or threading.Event()
         while not self._seg.closed and not stop.wait(interval):
-            n = self._seg.reclaim()
+            n = self.reclaim()
             if n and on_repair is not None:
                 on_repair(n)
 
     def close(self):
         """Close every producer and consumer of this handle, then the handle.
-        Idempotent.  The mapping is released when the last message view goes."""
+        Idempotent.  The mapping goes when the last message view goes."""
         if self._seg.closed:
             return
         if self._watchdog is not None:
             self._watchdog.stop()
+            self._watchdog.join(5)
         for c in list(self._clients):
             c.close()
-        # Ours first: it gives back our entry in the dead-letter queue, which
-        # needs that queue still open.
         self._seg.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
+        elif self._seg.dlq is not None:
+            self._seg.dlq.close()
         _open_queues.discard(self)
 
     def __enter__(self):
@@ -224,7 +328,8 @@ _os.register_at_fork(after_in_child=_restart_watchdogs_in_child)
 
 @_atexit.register
 def _close_all():
-    # Release process-table entries (and requeue unsettled deliveries) at exit.
+    # Release process-table entries (and requeue unsettled deliveries) at exit;
+    # close() joins each watchdog before its entries go.
     for q in list(_open_queues):
         try:
             q.close()
@@ -232,29 +337,31 @@ def _close_all():
             pass
 
 
-def _opened_new(segment, watchdog):
-    return Queue(segment, watchdog)
+def _reopen(name, path, watchdog=DEFAULT_WATCHDOG_INTERVAL, trust_uids=()):
+    return _opened(Segment.open(path, name, trust_uids), watchdog, trust_uids)
 
 
-def _reopen(name, directory, watchdog=DEFAULT_WATCHDOG_INTERVAL):
-    return _opened(Segment.open(directory, name), watchdog)
-
-
-def _opened(segment, watchdog):
+def _opened(segment, watchdog, trust_uids):
     if not segment.is_dlq:
         try:
-            dlq = Segment.open(segment.directory, segment.name + DLQ_SUFFIX)
+            dlq = Segment.open(segment.path + DLQ_SUFFIX, segment.name + DLQ_SUFFIX, trust_uids)
         except QueueNotFound:
             pass  # removed by hand: dead letters are dropped, and counted (stats "dropped")
         else:
-            if dlq.clients():
-                dlq.reclaim()  # free its dead entries before we take one there
-            segment.attach_dlq(dlq)
-    q = Queue(segment, watchdog)
+            try:
+                segment.attach_dlq(dlq)
+            except BaseException:
+                dlq.close()
+                segment.close()
+                raise
+    q = Queue(segment, watchdog, trust_uids)
     # Opening a queue whose processes have all died recovers it.
-    if segment.clients():
-        segment.reclaim()
+    q.last_recovery = _merge(segment.last_open(), segment.reclaim())
     return q
+
+
+def _merge(a, b):
+    return {k: a[k] + b[k] for k in a}
 
 
 def _check_capacity(capacity, what="capacity"):
@@ -264,28 +371,59 @@ def _check_capacity(capacity, what="capacity"):
     return capacity
 
 
-def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600, max_clients=256,
-           max_deliveries=DEFAULT_MAX_DELIVERIES, ttl=None, ack_timeout=None, dead_letter_capacity=None,
+def _durability(durability, durable):
+    if durable is not None:
+        if durability is not _UNSET:
+            raise TypeError("give durability= or durable=, not both")
+        return "sync" if durable else "memory"
+    if durability is _UNSET:
+        return _UNSET
+    if durability not in DURABILITIES:
+        raise ValueError("durability must be one of %s, not %r" % (", ".join(DURABILITIES), durability))
+    return durability
+
+
+def create(name=None, capacity=_UNSET, message_size=_UNSET, *, exist_ok=False, mode=0o600, max_clients=256,
+           max_deliveries=_UNSET, ttl=_UNSET, ack_timeout=_UNSET, dead_letter_capacity=_UNSET,
+           durability=_UNSET, durable=None, checksum=False, path=None, dir=None,
            watchdog=DEFAULT_WATCHDOG_INTERVAL):
-    """Create queue `name` with `capacity` slots (a power of two, >= 2) of up to
-    `message_size` bytes each, and its dead-letter queue `name.dlq`.
+    """Create queue `name` holding up to `capacity` unsettled messages (a
+    power of two, default 1024) of up to `message_size` bytes (default 4096),
+    and its dead-letter queue `name.dlq`.
 
-    max_deliveries: a message is dead-lettered (reason "delivery_limit")
-    instead of being delivered more often than this (None: unlimited).
-    ttl: seconds a message may wait undelivered (reason "expired").
-    ack_timeout: seconds a delivery may stay unsettled before it is taken
-    back and redelivered (None: no lease).  dead_letter_capacity: slots of
-    the dead-letter queue (default: capacity).
+    max_deliveries: dead-letter a message (reason "delivery_limit") instead of
+    delivering it more often than this (default 20; None: unlimited).  ttl:
+    seconds a message may wait undelivered (reason "expired").  ack_timeout:
+    seconds a delivery may stay unsettled before it is taken back and
+    redelivered (None: no lease).  dead_letter_capacity: of the DLQ (default
+    capacity).  mode: permission bits of the files (0o600: this user only;
+    0o660 shares with the group, see README "Security model").
 
-    FileExistsError if it exists, unless exist_ok=True, which opens it
-    (IncompatibleQueue if its geometry differs)."""
-    _check_name(name, creating=True)
-    capacity = _check_capacity(capacity)
-    dlq_capacity = capacity if dead_letter_capacity is None else _check_capacity(
+    durability: "memory" (default: lives in /dev/shm, gone at reboot), "os"
+    (a file on a real filesystem; survives any process crash, on disk after
+    a clean shutdown) or "sync" (put returns once the message is on stable
+    storage; group commit).  durable=True means "sync".  A file queue needs
+    path= (its file) or dir= (a directory on a real filesystem).
+    checksum=True: CRC32C per message also in memory queues.
+
+    FileExistsError if it exists, unless exist_ok=True, which opens it; then
+    any setting given here that differs from the queue's raises
+    IncompatibleQueue naming it."""
+    asked = {k: v for k, v in (("capacity", capacity), ("message_size", message_size),
+                                ("max_deliveries", max_deliveries), ("ttl", ttl), ("ack_timeout", ack_timeout),
+                                ("dead_letter_capacity", dead_letter_capacity)) if v is not _UNSET}
+    durability = _durability(durability, durable)
+    if durability is not _UNSET:
+        asked["durability"] = durability
+    name, qpath = _locate(name, path, dir, creating=True)
+    capacity = _check_capacity(1024 if capacity is _UNSET else capacity)
+    dlq_capacity = capacity if dead_letter_capacity in (_UNSET, None) else _check_capacity(
         dead_letter_capacity, "dead_letter_capacity")
-    message_size = _int_arg(message_size, "message_size")
+    message_size = _int_arg(4096 if message_size is _UNSET else message_size, "message_size")
     max_clients = _int_arg(max_clients, "max_clients")
     mode = _int_arg(mode, "mode")
+    if max_deliveries is _UNSET:
+        max_deliveries = DEFAULT_MAX_DELIVERIES
     if max_deliveries is not None:
         max_deliveries = _int_arg(max_deliveries, "max_deliveries")
         if not 1 <= max_deliveries <= 0xFFFF:
@@ -294,67 +432,108 @@ def create(name, capacity=1024, message_size=4096, *, exist_ok=False, mode=0o600
         raise ValueError("message_size must be from 1 to %d bytes, not %d" % (_MAX_MESSAGE_SIZE, message_size))
     if not 1 <= max_clients <= 4095:
         raise ValueError("max_clients must be from 1 to 4095, not %d" % max_clients)
-    if not 0 <= mode <= 0o7777:
-        raise ValueError("mode must be a permission mode like 0o600, not %o" % mode)
-    directory = _directory()
-    # The dead-letter queue first: a crash between the two leaves a spare DLQ
-    # (reused by the next create), never a queue without one.
-    dlq_name = name + DLQ_SUFFIX
+    if not 0 <= mode <= 0o777:
+        raise ValueError("mode must be permission bits only, 0o000 to 0o777 (no setuid/setgid/sticky), not %o"
+                         % mode)
+    if not mode & 0o600 == 0o600:
+        raise ValueError("mode %o must let the owner read and write (0o600)" % mode)
+    dur = "memory" if durability is _UNSET else durability
+    if dur != "memory" and path is None and dir is None:
+        raise ValueError("durability=%r needs path= (the queue's file) or dir= (a directory on a real "
+                         "filesystem, not /dev/shm)" % dur)
+    directory = _os.path.dirname(qpath) or "."
+    if not _os.path.isdir(directory):
+        raise FileNotFoundError("the queue directory %r does not exist%s" % (
+            directory, " (ACKRING_DIR)" if path is None and dir is None and _os.environ.get("ACKRING_DIR") else ""))
+    ttl_v = None if ttl is _UNSET else ttl
+    ack_v = None if ack_timeout is _UNSET else ack_timeout
     try:
-        dlq = Segment.create(directory, dlq_name, dlq_capacity, message_size + _DEATH_SIZE, max_clients,
-                             mode, 0, None, None, True)
-        made_dlq = True
+        seg, dlq = Segment.create_pair(qpath, name, capacity, message_size, max_clients, dlq_capacity, mode,
+                                       max_deliveries or 0, ttl_v, ack_v, DURABILITIES.index(dur), checksum)
     except FileExistsError:
-        dlq = Segment.open(directory, dlq_name)
-        made_dlq = False
-        if not dlq.is_dlq or dlq.message_size != message_size + _DEATH_SIZE:
-            dlq.close()
-            raise IncompatibleQueue("%r exists and is not the dead-letter queue this queue needs" % dlq_name)
-    try:
-        seg = Segment.create(directory, name, capacity, message_size, max_clients, mode,
-                             max_deliveries or 0, ttl, ack_timeout, False)
-    except FileExistsError:
-        dlq.close()
         if not exist_ok:
             raise FileExistsError("queue %r exists (pass exist_ok=True to open it)" % name) from None
-    except BaseException:
-        dlq.close()
-        if made_dlq:
-            Segment.unlink(directory, dlq_name)
-        raise
     else:
-        seg.attach_dlq(dlq)
-        return _opened_new(seg, watchdog)
-    q = open(name, watchdog=watchdog)
-    if q.capacity != capacity or q.message_size != message_size:
+        q = Queue(seg, watchdog)
+        q._dead_letters = Queue(dlq, watchdog=None)
+        return q
+    q = open(name, path=qpath, watchdog=watchdog)
+    try:
+        _check_existing(q, asked)
+    except BaseException:
         q.close()
-        raise IncompatibleQueue(
-            "queue %r exists with capacity=%d message_size=%d, not capacity=%d message_size=%d"
-            % (name, q.capacity, q.message_size, capacity, message_size))
+        raise
     return q
 
 
-def open(name, *, watchdog=DEFAULT_WATCHDOG_INTERVAL):  # noqa: A001 - as os.open / shelve.open
-    """Open an existing queue.  QueueNotFound if there is none; IncompatibleQueue
-    if the file is not an ackring segment of this layout version.  Whatever
-    dead processes left in it is reclaimed on the way."""
-    _check_name(name)
-    return _opened(Segment.open(_directory(), name), watchdog)
+def _check_existing(q, asked):
+    """exist_ok: every setting asked for must match the queue's own."""
+    cfg = q.config
+    have = {"capacity": q.capacity, "message_size": q.message_size,
+            "max_deliveries": cfg["max_deliveries"], "ttl": cfg["ttl"], "ack_timeout": cfg["ack_timeout"],
+            "durability": cfg["durability"],
+            "dead_letter_capacity": q.dead_letters.capacity if q.dead_letters is not None else None}
+    for key, want in asked.items():
+        got = have[key]
+        if key == "dead_letter_capacity" and want is None:
+            want = q.capacity
+        if key in ("ttl", "ack_timeout") and want is not None and got is not None:
+            same = abs(float(want) - got) < 1e-9 * max(1.0, got)
+        else:
+            same = want == got
+        if not same:
+            raise IncompatibleQueue("queue %r exists with %s=%r, not %s=%r" % (q.name, key, got, key, want))
 
 
-def unlink(name, missing_ok=False):
-    """Remove queue `name` and its dead-letter queue.  Processes that have
-    them open keep their mappings."""
-    _check_name(name)
-    directory = _directory()
+def open(name=None, *, path=None, dir=None, watchdog=DEFAULT_WATCHDOG_INTERVAL, trust_uids=()):  # noqa: A001
+    """Open an existing queue, by name (in ``dir``, $ACKRING_DIR or /dev/shm)
+    or by ``path``.  QueueNotFound if there is none; IncompatibleQueue if the
+    file is not an ackring segment of this layout; UntrustedQueue if it is a
+    symlink, another user's file (unless its uid is in ``trust_uids``), or
+    writable by others against its creator's mode.  Whatever dead processes
+    left in it is reclaimed on the way (``q.open_recovery`` says what)."""
+    name, qpath = _locate(name, path, dir)
+    trust = _trust(trust_uids)
+    return _opened(Segment.open(qpath, name, trust), watchdog, trust)
+
+
+def unlink(name=None, missing_ok=False, *, path=None, dir=None, trust_uids=()):
+    """Shut queue `name` and its dead-letter queue down (every process still
+    attached is woken: gets end once drained, puts raise) and remove both."""
+    name, qpath = _locate(name, path, dir)
     try:
-        Segment.unlink(directory, name)
+        Segment.unlink(qpath, name, _trust(trust_uids))
     except QueueNotFound:
         if not missing_ok:
             raise
-    finally:
-        if not name.endswith(DLQ_SUFFIX):
-            try:
-                Segment.unlink(directory, name + DLQ_SUFFIX)
-            except QueueNotFound:
-                pass
+
+
+def list_queues(dir=None):
+    """The queues in ``dir`` (default $ACKRING_DIR or /dev/shm): a list of
+    dicts with name, path, size, and (for those that open) depth, in_flight,
+    consumers, producers, dlq_depth, durability; ``error`` for those that do not."""
+    directory = _directory(dir)
+    out = []
+    try:
+        names = sorted(_os.listdir(directory))
+    except FileNotFoundError:
+        raise FileNotFoundError("the queue directory %r does not exist" % directory) from None
+    for fn in names:
+        if not fn.startswith(FILE_PREFIX) or fn.endswith(DLQ_SUFFIX):
+            continue
+        name = fn[len(FILE_PREFIX):]
+        p = _os.path.join(directory, fn)
+        row = {"name": name, "path": p}
+        try:
+            row["size"] = _os.lstat(p).st_size + (_os.lstat(p + DLQ_SUFFIX).st_size
+                                                  if _os.path.lexists(p + DLQ_SUFFIX) else 0)
+            with open(name, dir=directory, watchdog=None) as q:
+                st = q.stats()
+                d = q.dead_letters
+                row.update(depth=st["depth"], in_flight=st["in_flight"], consumers=st["consumers"],
+                           producers=st["producers"], dlq_depth=d.stats()["depth"] if d is not None else None,
+                           durability=st["durability"], capacity=st["capacity"])
+        except (Error, OSError) as e:
+            row["error"] = "%s: %s" % (type(e).__name__, e)
+        out.append(row)
+    return out

@@ -20,6 +20,7 @@ __all__ = [
     "QueueClosed",
     "TooManyClients",
     "PrefetchExceeded",
+    "UntrustedQueue",
     "Receipt",
 ]
 
@@ -70,7 +71,9 @@ class AlreadySettled(Error):
 
 
 class QueueClosed(Error, ValueError):
-    """The queue, producer or consumer was closed."""
+    """The queue, producer or consumer was closed, or the queue was shut down
+    (``q.shutdown()`` or ``ackring.unlink()``): puts raise at once, gets once
+    the ready messages are drained."""
 
 
 class TooManyClients(Error):
@@ -79,6 +82,12 @@ class TooManyClients(Error):
 
 class PrefetchExceeded(Error, RuntimeError):
     """get() past the consumer's prefetch limit: settle a message first."""
+
+
+class UntrustedQueue(Error, PermissionError):
+    """The segment is not one this process trusts: a symlink, a file owned by
+    another user (see ``trust_uids=``), or group/other write bits its creator
+    did not ask for (see ``mode=``)."""
 
 
 Receipt = _namedtuple("Receipt", "id outcome reason")

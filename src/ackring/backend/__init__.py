@@ -18,7 +18,8 @@ import importlib
 import os
 import platform
 
-public_api = ["Segment", "Producer", "Consumer", "Message", "Reservation", "set_test_hook"]
+public_api = ["Segment", "Producer", "Consumer", "Message", "Reservation", "Batch", "set_test_hook",
+              "set_sync_snapshots"]
 
 _MODULES = {"cython": "ackring.backend.cython._core", "cffi": "ackring.backend.cffi._core"}
 _BUILT = {"cython": "`pip install .` builds it on CPython (not on PyPy)",
@@ -51,6 +52,8 @@ Producer = _backend.Producer
 Consumer = _backend.Consumer
 Message = _backend.Message
 Reservation = _backend.Reservation
+Batch = _backend.Batch
 set_test_hook = _backend.set_test_hook
+set_sync_snapshots = _backend.set_sync_snapshots
 
 name = _choice

@@ -1,0 +1,219 @@
+/*
+ * rings.c - the three index rings (free, ready, requeue).  design.md 4.
+ *
+ * A ring is `capacity` cells of one 64-bit word each, seq (40 bits) | value
+ * (24 bits), and two free-running positions, head and tail, each alone on a
+ * cache line.  Every change of a cell is one CAS that both claims the
+ * position and stores (or takes) the value, so a process dying between two
+ * steps leaves no cell half done; head and tail are hints (I1) that anyone
+ * advances past a cell it finds already pushed or popped.
+ *
+ * A slot index is in at most one ring at a time, so a ring never holds more
+ * than `capacity` entries and a push always finds its cell free (I3); a push
+ * that does not is a corrupted segment.
+ */
+#include "ar_internal.h"
+
+#include <fcntl.h>
+
+/* Move a position hint from `from` to `from + 1` if nobody did yet. */
+static inline void help_advance(uint64_t *pos, uint64_t from) {
+    /* load first: under contention most helpers find it moved already and
+     * skip the locked instruction.  release: publishes nothing by itself;
+     * readers re-validate the cell. */
+    if (LOAD(pos, RLX) == from)
+        CAS(pos, &from, from + 1, REL, RLX);
+}
+
+int ring_for_word(uint64_t w) {
+    if (SW_STATE(w) == AR_S_FREE)
+        return R_FREE;
+    if (SW_STATE(w) == AR_S_READY)
+        return SW_GEN(w) ? R_REQUEUE : R_READY;
+    return -1;
+}
+
+int ring_push(ar_queue *q, int r, uint32_t v) {
+    ar_header *h = q->hdr;
+    uint64_t *cells = q->cells[r];
+    for (uint32_t n = 0; n < AR_SPIN_BOUND; n++) {
+        uint64_t t = LOAD(&h->tail[r].pos, ACQ);
+        uint64_t *cp = &cells[t & q->mask];
+        uint64_t c = LOAD(cp, ACQ);
+        int64_t d = seq_diff(CELL_SEQ(c), t);
+        if (d == 0) {
+            /* The cell is free for position t: claim it and store v in one
+             * CAS.  seq_cst: release for everything the pusher wrote (the
+             * slot), and the waker's half of I6 (wait.c). */
+            if (CAS(cp, &c, CELL(SEQ40(t + 1), v), SEQ, RLX)) {
+                help_advance(&h->tail[r].pos, t);
+                return AR_OK;
+            }
+            continue;
+        }
+        if (d == 1 || d == (int64_t)q->capacity) {
+            /* pushed at t already (and maybe popped since: d == R), but the
+             * pusher has not advanced tail yet: help it */
+            help_advance(&h->tail[r].pos, t);
+            continue;
+        }
+        if (LOAD(&h->tail[r].pos, ACQ) != t)
+            continue; /* our snapshot was stale */
+        /* d < 0: the entry of the previous lap is still there (a full ring);
+         * any other d: the cell is more than one step ahead of tail.
+         * Neither happens in a sound segment (I3). */
+        return CORRUPT();
+    }
+    return CORRUPT();
+}
+
+static inline int takeable(int r, uint64_t w) {
+    return ring_for_word(w) == r;
+}
+
+int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout) {
+    ar_header *h = q->hdr;
+    uint64_t *cells = q->cells[r];
+    int64_t R = (int64_t)q->capacity;
+    for (uint32_t n = 0; n < AR_SPIN_BOUND; n++) {
+        uint64_t hd = LOAD(&h->head[r].pos, ACQ);
+        uint64_t *cp = &cells[hd & q->mask];
+        uint64_t c = LOAD(cp, ACQ); /* acquire: pairs with the push CAS (the slot is visible) */
+        int64_t d = seq_diff(CELL_SEQ(c), hd + 1);
+        if (d == 0) {
+            uint32_t v = CELL_VAL(c);
+            if (UNLIKELY(v >= q->capacity)) {
+                /* I4: an index read from the segment.  Pop the bad entry so
+                 * the ring moves on, and say so once. */
+                if (CAS(cp, &c, CELL(SEQ40(hd + (uint64_t)R), v), SEQ, RLX))
+                    help_advance(&h->head[r].pos, hd);
+                return CORRUPT();
+            }
+            uint64_t w = LOAD(&slot_at(q, v)->word, ACQ);
+            /* I7: name what we take before we take it (the marker is what a
+             * reclaimer finds if we die between this pop and the slot CAS). */
+            mark_take(q, e, r, v, w);
+            /* seq_cst: releases the marker store to whoever sees the pop. */
+            if (!CAS(cp, &c, CELL(SEQ40(hd + (uint64_t)R), v), SEQ, RLX)) {
+                unmark_take(q, e);
+                continue;
+            }
+            help_advance(&h->head[r].pos, hd);
+            if (UNLIKELY(!takeable(r, w))) {
+                /* An entry whose slot is not in this ring's state: never
+                 * made by a sound segment.  Dropped (its slot is accounted
+                 * for by its own word) and counted. */
+                unmark_take(q, e);
+                count(q, e, CNT_STALE, 1);
+                continue;
+            }
+            *vout = v;
+            *wout = w;
+            return AR_OK;
+        }
+        if (d == -1) {
+            /* Nothing pushed at hd yet: empty, if head is still hd and sane. */
+            if (LOAD(&h->head[r].pos, ACQ) != hd)
+                continue;
+            /* Each hint lags the truth by at most one position (a pusher or
+             * popper between its cell CAS and its advance, which the next one
+             * helps), so tail - head is within [-1, R + 1]. */
+            uint64_t t = LOAD(&h->tail[r].pos, ACQ);
+            if ((int64_t)(t - hd) < -1 || (int64_t)(t - hd) > R + 1) {
+                if (LOAD(&h->head[r].pos, ACQ) != hd)
+                    continue; /* both moved on while we looked */
+                return CORRUPT(); /* head far ahead of tail, or more than a lap behind */
+            }
+            return AR_EMPTY;
+        }
+        if (d > 0 && d <= R) {
+            /* popped at hd already (d == R - 1), maybe pushed again one lap
+             * on (d == R): the head hint lags by one.  Help it. */
+            help_advance(&h->head[r].pos, hd);
+            continue;
+        }
+        if (LOAD(&h->head[r].pos, ACQ) != hd)
+            continue;
+        return CORRUPT(); /* a cell more than a lap away from a stable head */
+    }
+    return CORRUPT();
+}
+
+int ring_empty(ar_queue *q, int r) {
+    uint64_t hd = LOAD(&q->hdr->head[r].pos, ACQ);
+    uint64_t c = LOAD(&q->cells[r][hd & q->mask], ACQ);
+    return seq_diff(CELL_SEQ(c), hd + 1) < 0;
+}
+
+/* Is index v an entry of ring r now? (A full cell j has seq == j + 1 mod R.) */
+static int ring_holds(ar_queue *q, int r, uint32_t v) {
+    for (uint32_t j = 0; j < q->capacity; j++) {
+        uint64_t c = LOAD(&q->cells[r][j], ACQ);
+        if (CELL_VAL(c) == v && ((CELL_SEQ(c) - 1) & q->mask) == j)
+            return 1;
+    }
+    return 0;
+}
+
+/* Does a live entry other than `acting` name index v in ring r in one of its
+ * markers?  Then that process is in the middle of moving v itself. */
+static int live_marker_names(ar_queue *q, uint32_t acting, int r, uint32_t v) {
+    for (uint32_t k = 0; k < q->max_clients; k++) {
+        if (k == acting)
+            continue;
+        ar_entry *en = entry_at(q, k);
+        uint64_t tm = LOAD(&en->take_mark, ACQ), pm = LOAD(&en->push_mark, ACQ);
+        int names = (tm && MARK_RING(tm) == (uint32_t)r && MARK_IDX(tm) == v) ||
+                    (pm && MARK_RING(pm) == (uint32_t)r && MARK_IDX(pm) == v);
+        if (!names)
+            continue;
+        uint64_t w = LOAD(&en->word, ACQ);
+        if (EW_STATE(w) == E_FREE)
+            continue;
+        if (LOAD(&q->mine[k], RLX) == w || ofd_held_by_other(q->fd, AR_LOCK_ENTRY0 + k))
+            return 1; /* alive: ours, or its owner holds the entry's lock */
+    }
+    return 0;
+}
+
+/* I7, the repair half.  A dead process (or a reclaimer that died acting for
+ * one) left slot v in state w, which belongs in a ring, in the middle of a
+ * pop or a push.  Put v in its ring unless it is there already, somebody is
+ * moving it, or its word changed (then whoever changed it owns it).
+ * Must run under the reclaim lock (table.c): no two repairs race.  The order
+ * matters: ring scan, then markers, then the word again — a live taker sets
+ * its marker before its pop and clears it only after its slot CAS, so a pop
+ * the scan missed shows in the markers or in the word (design.md 4.3). */
+int ensure_in_ring(ar_queue *q, uint32_t acting, uint32_t v, uint64_t w, int *pushed) {
+    *pushed = 0;
+    if (v >= q->capacity)
+        return CORRUPT();
+    int r = ring_for_word(w);
+    if (r < 0)
+        return AR_OK;
+    ar_slot *s = slot_at(q, v);
+    for (int round = 0; round < 64; round++) {
+        if (LOAD(&s->word, SEQ) != w)
+            return AR_OK;
+        if (ring_holds(q, r, v))
+            return AR_OK;
+        if (live_marker_names(q, acting, r, v)) {
+            /* a few microseconds, unless that process is stopped */
+            for (int i = 0; i < 256; i++)
+                cpu_relax();
+            continue;
+        }
+        if (LOAD(&s->word, SEQ) != w)
+            return AR_OK;
+        mark_push(q, acting, v, w);
+        int rc = ring_push(q, r, v);
+        unmark_push(q, acting);
+        *pushed = rc == AR_OK;
+        if (r == R_FREE)
+            wake_producers(q);
+        else
+            wake_consumers(q);
+        return rc;
+    }
+    return AR_AGAIN; /* a live process is moving v and does not finish: next pass */
+}
