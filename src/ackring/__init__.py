@@ -38,7 +38,7 @@ __all__ = [
     "create", "open", "unlink", "Queue", "Producer", "Consumer", "Message", "Reservation",
     "Error", "Empty", "Full", "QueueNotFound", "MessageTooLarge", "IncompatibleQueue",
     "CorruptedQueue", "StaleDelivery", "AlreadySettled", "QueueClosed", "TooManyClients",
-    "PrefetchExceeded", "Receipt",
+    "PrefetchExceeded", "Receipt", "connect",
 ]
 
 DEFAULT_DIR = "/dev/shm"
@@ -358,3 +358,12 @@ def unlink(name, missing_ok=False):
                 Segment.unlink(directory, name + DLQ_SUFFIX)
             except QueueNotFound:
                 pass
+
+
+def connect(url, **kw):
+    """The same Queue surface on a RabbitMQ broker: ``connect("amqp://user:pass@host:5672/vhost")``
+    returns an ``ackring.amqp.Broker`` with create / open / unlink.  Needs pika
+    (``pip install 'ackring[amqp]'``); imported here, so ``import ackring`` never does."""
+    from .amqp import connect as _connect
+
+    return _connect(url, **kw)
