@@ -60,6 +60,10 @@ node_env() {
     export RABBITMQ_CONF_ENV_FILE=$STATE/rabbitmq-env.conf   # not /etc/rabbitmq's
     export RABBITMQ_LOGS=$STATE/log/node.log
     export RABBITMQ_ALLOW_INPUT=                         # the wrapper shell forwards TERM
+    # No scheduler busy-waiting: on a small shared machine (CI has 2 cores) an
+    # idle broker would otherwise spin on the cores the tests run on.
+    # The distribution listener on 127.0.0.1 only, as the AMQP one.
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}"
 }
 
 ctl() {
@@ -125,13 +129,14 @@ stop_node() {
             kill -KILL -- "-$pid" 2>/dev/null || true
         fi
     fi
-    # The epmd our node started on its private port (it outlives the node).
-    local epmd_pids
-    epmd_pids=$(pgrep -f "epmd.*-port $EPMD_PORT" 2>/dev/null || true)
-    if [ -n "$epmd_pids" ]; then
-        # shellcheck disable=SC2086
-        kill -TERM $epmd_pids 2>/dev/null || true
-    fi
+    # The epmd our node started on its private port (it outlives the node):
+    # the epmd processes whose environment names that port.
+    local p
+    for p in $(pgrep -x epmd 2>/dev/null || true); do
+        if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "ERL_EPMD_PORT=$EPMD_PORT"; then
+            kill -TERM "$p" 2>/dev/null || true
+        fi
+    done
     if [ -z "${ACKRING_RABBITMQ_KEEP:-}" ]; then
         rm -rf "$STATE"
     fi
