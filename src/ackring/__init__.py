@@ -41,7 +41,7 @@ __all__ = [
     "create", "open", "unlink", "list_queues", "Queue", "Producer", "Consumer", "Message", "Reservation",
     "Batch", "Error", "Empty", "Full", "QueueNotFound", "MessageTooLarge", "IncompatibleQueue",
     "CorruptedQueue", "StaleDelivery", "AlreadySettled", "QueueClosed", "TooManyClients",
-    "PrefetchExceeded", "UntrustedQueue", "Receipt",
+    "PrefetchExceeded", "UntrustedQueue", "Receipt", "connect",
 ]
 
 DEFAULT_DIR = "/dev/shm"
@@ -537,3 +537,12 @@ def list_queues(dir=None):
             row["error"] = "%s: %s" % (type(e).__name__, e)
         out.append(row)
     return out
+
+
+def connect(url, **kw):
+    """The same Queue surface on a RabbitMQ broker: ``connect("amqp://user:pass@host:5672/vhost")``
+    returns an ``ackring.amqp.Broker`` with create / open / unlink.  Needs pika
+    (``pip install 'ackring[amqp]'``); imported here, so ``import ackring`` never does."""
+    from .amqp import connect as _connect
+
+    return _connect(url, **kw)

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  ackring bench --sizes 64 --mode spsc --batch 64\n"
             "  ackring bench --sizes 65536 --mode spsc --zero-copy\n"
             "  ackring bench --json > bench.json\n"
+            "  ackring bench --url amqp://guest:guest@127.0.0.1:5672/%%2F   # and over a RabbitMQ broker\n"
         ),
     )
     b.add_argument("--mode", "-m", type=_modes, default=_modes(DEFAULT_MODES), metavar="MODES",
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of peers to run (ackring always runs; default: every importable one of %s)"
                         % ", ".join(PEERS))
     b.add_argument("--peer", action="append", metavar="PEER", help=argparse.SUPPRESS)
+    b.add_argument("--url", metavar="AMQP_URL",
+                   help="run the amqp peer (ackring.connect) against this RabbitMQ URL too "
+                        "(default for --peers amqp: $ACKRING_AMQP_URL)")
     b.add_argument("--messages", "-n", type=_positive_int, default=DEFAULT_MESSAGES, metavar="N",
                    help="messages per throughput run (default %(default)s; bounded by --max-bytes, "
                         "slow peers run N/4)")
@@ -177,6 +181,11 @@ def bench(args: argparse.Namespace) -> int:
 
     if args.size is not None:
         args.sizes = [args.size]
+    if args.url:
+        import os
+
+        os.environ["ACKRING_AMQP_URL"] = args.url   # read by the amqp peer's processes
+        args.peers = (args.peers or []) + ["amqp"]
     if args.self_check:
         return driver.self_check(args)
     return driver.run_bench(args)

@@ -42,7 +42,8 @@ def _select_peers(args: argparse.Namespace, notes: List[str]) -> List[Peer]:
         names.extend(x.strip() for x in item.split(",") if x.strip())
     explicit = bool(names)
     if not names:
-        names = list(PEERS)  # everything importable; optional peers skipped with a note
+        # everything importable; optional peers skipped with a note; opt-in ones only by name
+        names = [n for n in PEERS if not PEERS[n].opt_in]
     if "all" in names:
         names = list(PEERS)
     unknown = [n for n in names if n not in PEERS]

@@ -855,6 +855,7 @@ class Peer:
     zero_copy_api: bool = False
     verify: Optional[Callable[[Any, Params], Optional[str]]] = None
     note: str = ""
+    opt_in: bool = False  # runs only when named (--peers), never by default
 
     def missing(self) -> Optional[str]:
         for mod in self.requires:
@@ -950,3 +951,8 @@ PEERS: Dict[str, Peer] = {
         slow=True,
     ),
 }
+
+# The broker peer (ackring.connect) lives in its own module.
+from .amqp_peer import register as _register_amqp  # noqa: E402
+
+_register_amqp(PEERS)
