@@ -3,6 +3,7 @@ import queue
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
+from . import aio as aio, mp as mp
 from ._watchdog import Watchdog
 
 _Buffer = Union[bytes, bytearray, memoryview]
