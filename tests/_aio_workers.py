@@ -173,3 +173,19 @@ def _jq_take(jq, n, timeout):
 def jq_take(jq, n, timeout, conn):
     """get n tasks and report them without calling task_done."""
     _report(conn, _jq_take, jq, n, timeout)
+
+
+def _inherited_aget(ac):
+    async def main():
+        m = await asyncio.wait_for(ac.aget(), 15)
+        body = m.body
+        m.ack()
+        return ("got", body, m.delivery_count)
+
+    return asyncio.run(main())
+
+
+def inherited_async_consumer(ac, conn):
+    """aget on an AsyncConsumer inherited through fork (its parent was
+    waiting in an aget at the fork)."""
+    _report(conn, _inherited_aget, ac)

@@ -10,7 +10,7 @@ import pytest
 
 import ackring
 import ackring.aio as aio
-from _aio_workers import async_child, gated_consumer, paced_producer, taking_consumer
+from _aio_workers import async_child, gated_consumer, inherited_async_consumer, paced_producer, taking_consumer
 
 FORK = multiprocessing.get_context("fork")
 
@@ -558,6 +558,28 @@ def test_aio_in_a_forked_child(q, procs):
     procs(async_child, q.name, 1, w)   # it puts one message and takes it back
     msg = recv(r)
     assert msg[1] == [b"from-child"] and msg[2] == "acked"
+    procs.join_all(10)
+
+
+def test_async_consumer_forked_while_its_parent_waits(q, procs):
+    """At the fork the parent's aget holds the consumer's turn; the child's
+    copy of the AsyncConsumer must not inherit that (its waiter thread is
+    not in the child)."""
+    ac = aio.AsyncConsumer(q.consumer())
+    r, w = FORK.Pipe(duplex=False)
+
+    async def main():
+        t = asyncio.ensure_future(ac.aget())
+        await until(lambda: not turn_free(ac.consumer), what="the waiter")
+        procs(inherited_async_consumer, ac, w)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        await until(lambda: turn_free(ac.consumer), what="the cancelled waiter to go")
+        q.producer().put(b"for the child")
+
+    run(main())
+    assert recv(r) == ("got", b"for the child", 1)
     procs.join_all(10)
 
 

@@ -556,24 +556,46 @@ class _Turn:
     """A FIFO mutex for coroutines, usable from any event loop and thread:
     one outstanding waiter thread per consumer (or producer) object."""
 
-    __slots__ = ("_mutex", "_held", "_queue", "lingering", "__weakref__")
+    __slots__ = ("_mutex", "_held", "_queue", "lingering", "_gen", "__weakref__")
 
     def __init__(self):
+        self._reset()
+
+    def _reset(self):
         self._mutex = threading.Lock()
         self._held = False
         self._queue = collections.deque()
         self.lingering = None  # a cancelled _Call whose thread still waits (it holds the turn)
+        self._gen = _fork_gen
+
+    def _forked(self):
+        # Copied into a forked child (an AsyncConsumer keeps its turn): the
+        # parent's waiters and their threads are not here.
+        if self._gen != _fork_gen:
+            self._reset()
 
     def adopt(self, key, deadline, timeout):
         """The lingering cancelled call of this kind, taken over; else None.
         Only when nobody is in line (adopting must not jump the queue)."""
+        self._forked()
         call = self.lingering
         if call is None or self._queue:
             return None
         return call if call.adopt(self, key, deadline, timeout) else None
 
+    def try_acquire(self):
+        """Take the turn if nobody holds it or waits for it (no suspension)."""
+        if self._gen != _fork_gen:
+            self._reset()
+        with self._mutex:
+            if not self._held and not self._queue:
+                self._held = True
+                return True
+        return False
+
     async def acquire(self, deadline):
         """True once held; False if the deadline passed first."""
+        self._forked()
         with self._mutex:
             if not self._held and not self._queue:
                 self._held = True
@@ -621,6 +643,7 @@ class _Turn:
 
 _turns = weakref.WeakKeyDictionary()
 _turns_lock = threading.Lock()
+_fork_gen = 0
 
 
 def _turn(client):
@@ -635,7 +658,8 @@ def _turn(client):
 
 def _after_fork_in_child():
     # Threads do not survive fork; locks held by them at the fork would never be released.
-    global _pool, _pool_lock, _turns, _turns_lock
+    global _pool, _pool_lock, _turns, _turns_lock, _fork_gen
+    _fork_gen += 1
     _pool = None
     _pool_lock = threading.Lock()
     _turns = weakref.WeakKeyDictionary()
@@ -652,23 +676,47 @@ async def aget(consumer, timeout=None, copy=True):
     """``await aget(c)``: c.get() without blocking the event loop.  Raises
     ackring.Empty after ``timeout`` seconds (None: no limit).  A cancelled
     aget gives back any message it took (see the module docs)."""
-    deadline = _deadline(timeout)
-    turn = _turn(consumer)
-    call = turn.adopt(("get", bool(copy)), deadline, timeout)
-    if call is not None:
-        return await _await(call)
-    if not await turn.acquire(deadline):
-        raise Empty("no message within %r s (another aget on this consumer was waiting)" % (timeout,))
+    return await _aget(consumer, _turn(consumer), timeout, copy, False)
+
+
+async def _aget(consumer, turn, timeout, copy, stop):
+    """aget; with stop, QueueClosed becomes StopAsyncIteration (__anext__)."""
+    deadline = None if timeout is None else _deadline(timeout)
     try:
-        return _released(turn, consumer.get(timeout=0, copy=copy))
-    except Empty:
-        if timeout is not None and deadline <= _monotonic():
+        if turn.lingering is None and turn.try_acquire():
+            # fast path: a message that is there costs one non-blocking get
+            try:
+                m = consumer.get(timeout=0, copy=copy)
+            except Empty:
+                if timeout is not None and deadline <= _monotonic():
+                    turn.release()
+                    raise
+            except BaseException:
+                turn.release()
+                raise
+            else:
+                turn.release()
+                return m
+            return await _run(_GetCall(consumer, deadline, copy, timeout), turn)
+        call = turn.adopt(("get", bool(copy)), deadline, timeout)
+        if call is not None:
+            return await _await(call)
+        if not await turn.acquire(deadline):
+            raise Empty("no message within %r s (another aget on this consumer was waiting)" % (timeout,))
+        try:
+            return _released(turn, consumer.get(timeout=0, copy=copy))
+        except Empty:
+            if timeout is not None and deadline <= _monotonic():
+                turn.release()
+                raise
+        except BaseException:
             turn.release()
             raise
-    except BaseException:
-        turn.release()
+        return await _run(_GetCall(consumer, deadline, copy, timeout), turn)
+    except QueueClosed:
+        if stop:
+            raise StopAsyncIteration from None
         raise
-    return await _run(_GetCall(consumer, deadline, copy, timeout), turn)
 
 
 def _released(turn, value):
@@ -705,9 +753,10 @@ async def aget_many(consumer, n, timeout=None, copy=True):
 async def aiter(consumer, copy=True):  # noqa: A001 - ackring.aio.aiter(c), like the builtin for a Consumer
     """``async for m in aiter(c)``: every message until the consumer or its
     queue is closed (as ``for m in c``)."""
+    turn = _turn(consumer)
     while True:
         try:
-            m = await aget(consumer, None, copy)
+            m = await _aget(consumer, turn, None, copy, False)
         except QueueClosed:
             return
         yield m
@@ -783,16 +832,17 @@ class AsyncConsumer:
     blocks).  ``close``, ``ack_many``, ``closed``, ``outstanding`` and
     ``prefetch`` pass through; ``.consumer`` is the wrapped Consumer."""
 
-    __slots__ = ("consumer",)
+    __slots__ = ("consumer", "_turn")
 
     def __init__(self, consumer):
         if not (hasattr(consumer, "get") and hasattr(consumer, "get_many")):
             raise TypeError("AsyncConsumer wraps an ackring Consumer (q.consumer()), not %s"
                             % type(consumer).__name__)
         self.consumer = consumer
+        self._turn = _turn(consumer)
 
     def aget(self, timeout=None, copy=True):
-        return aget(self.consumer, timeout, copy)
+        return _aget(self.consumer, self._turn, timeout, copy, False)
 
     def aget_many(self, n, timeout=None, copy=True):
         return aget_many(self.consumer, n, timeout, copy)
@@ -812,11 +862,8 @@ class AsyncConsumer:
     def __aiter__(self):
         return self
 
-    async def __anext__(self):
-        try:
-            return await aget(self.consumer)
-        except QueueClosed:
-            raise StopAsyncIteration from None
+    def __anext__(self):
+        return _aget(self.consumer, self._turn, None, True, True)
 
     async def __aenter__(self):
         return self
