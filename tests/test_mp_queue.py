@@ -245,6 +245,8 @@ def test_children_see_the_same_queue(made, procs, method):
     q = made(amp.Queue, 16)
     out = made(amp.Queue, 256)       # room for every echo: the parent reads them after its puts
     n = 200
+    q.put("warm")                    # the parent has its producer and consumer before the fork
+    assert q.get(timeout=1) == "warm"
     r, w = FORK.Pipe(duplex=False)
     procs(mp_echo, q, out, n, w, method=method)
     for i in range(n):

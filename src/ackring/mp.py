@@ -58,15 +58,32 @@ def _up(n, a):
     return (n + a - 1) & -a
 
 
+_fork_gen = 0  # bumped in forked children: per-process clients are made anew there
+
+
+def _after_fork_in_child():
+    global _fork_gen
+    _fork_gen += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+_dumps = pickle.dumps
+_loads = pickle.loads
+_pack_trailer = _TRAILER.pack
+
+
 # ------------------------------------------------------------------ the codec
 
 
 class _Encoded:
     __slots__ = ("stream", "bufs", "raws", "lens", "size")
 
-    def __init__(self, obj):
-        self.bufs = bufs = []
-        self.stream = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    def __init__(self, obj, stream=None, bufs=None):
+        if stream is None:
+            bufs = []
+            stream = _dumps(obj, protocol=5, buffer_callback=bufs.append)
+        self.bufs = bufs
+        self.stream = stream
         if not bufs:
             self.raws = None
             self.lens = ()
@@ -204,7 +221,11 @@ def load_obj(message):
     after is safe.  ValueError if the message is not in that format."""
     n = len(message)
     if message.settled or n <= 4096:
-        return _decode(message.body, n)  # settled: only a body read before works
+        body = message.body  # settled: only a body read before works
+        if n >= _TRAILER_SIZE and body[-16:-12] == _MAGIC and body[-12:-8] == b"\0\0\0\0" \
+                and int.from_bytes(body[-8:], "little") + _TRAILER_SIZE == n:
+            return _loads(body)  # no out-of-band buffer (the usual small object)
+        return _decode(body, n)
     with message.view() as v:
         return _decode(v, n)
 
@@ -317,6 +338,7 @@ class Queue:
     def _init(self, q, maxsize, owner_pid):
         self._q = q
         self._name = q.name
+        self._small = min(_SMALL, q.message_size)
         self._maxsize = maxsize
         self._owner = owner_pid
         self._closed = False
@@ -333,14 +355,14 @@ class Queue:
         return [self._q]
 
     def _after_fork(self):
-        self._pid = os.getpid()
+        self._gen = _fork_gen
         self._lock = threading.Lock()
         self._prod = None
         self._cons = None
 
     # ---- per-process clients (made on first use; rebuilt after a fork)
     def _producer(self):
-        if self._pid != os.getpid():
+        if self._gen != _fork_gen:
             self._after_fork()
         p = self._prod
         if p is None:
@@ -352,7 +374,7 @@ class Queue:
         return p
 
     def _consumer(self):
-        if self._pid != os.getpid():
+        if self._gen != _fork_gen:
             self._after_fork()
         c = self._cons
         if c is None:
@@ -388,11 +410,21 @@ class Queue:
     def put(self, obj, block=True, timeout=None):
         """Put obj; with block (default) wait up to timeout seconds (None: no
         limit) for a free slot, then raise queue.Full (ackring.Full)."""
-        self._check_open()
-        t = _check_timeout(block, timeout)
-        e = _Encoded(obj)
+        if self._closed:
+            self._check_open()
+        t = None if block and timeout is None else _check_timeout(block, timeout)
+        p = self._prod if self._gen == _fork_gen else None
+        if p is None:
+            p = self._producer()
+        bufs = []
+        stream = _dumps(obj, 5, buffer_callback=bufs.append)
+        n = len(stream)
+        if not bufs and n + _TRAILER_SIZE <= self._small:
+            p.put(stream + _pack_trailer(_MAGIC, 0, n), timeout=t)
+            return
+        e = _Encoded(obj, stream, bufs)
         try:
-            _store(self._producer(), e, t, None, self._q.message_size, self._q.name)
+            _store(p, e, t, None, self._q.message_size, self._q.name)
         finally:
             e.release()
 
@@ -402,9 +434,13 @@ class Queue:
     def get(self, block=True, timeout=None):
         """Remove and return an object; with block (default) wait up to
         timeout seconds (None: no limit), then raise queue.Empty (ackring.Empty)."""
-        self._check_open()
-        t = _check_timeout(block, timeout)
-        m = self._consumer().get(timeout=t, copy=False)
+        if self._closed:
+            self._check_open()
+        t = None if block and timeout is None else _check_timeout(block, timeout)
+        c = self._cons if self._gen == _fork_gen else None
+        if c is None:
+            c = self._consumer()
+        m = c.get(timeout=t, copy=False)
         try:
             obj = load_obj(m)
         except Exception:
@@ -506,7 +542,7 @@ class JoinableQueue(Queue):
         self._join_mark = 0
 
     def _tasks_producer(self):
-        if self._pid != os.getpid():
+        if self._gen != _fork_gen:
             self._after_fork()
         p = self._tprod
         if p is None:
@@ -518,7 +554,7 @@ class JoinableQueue(Queue):
         return p
 
     def _tasks_consumer(self):
-        if self._pid != os.getpid():
+        if self._gen != _fork_gen:
             self._after_fork()
         c = self._tcons
         if c is None:
