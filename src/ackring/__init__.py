@@ -37,6 +37,17 @@ from .backend import name as backend
 
 __version__ = "0.2.0"
 
+
+def __getattr__(name):
+    # ackring.aio (asyncio) and ackring.mp (multiprocessing.Queue drop-in) are
+    # imported on first use, so that `import ackring` does not import asyncio.
+    if name in ("aio", "mp"):
+        import importlib
+
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
 __all__ = [
     "create", "open", "unlink", "list_queues", "Queue", "Producer", "Consumer", "Message", "Reservation",
     "Batch", "Error", "Empty", "Full", "QueueNotFound", "MessageTooLarge", "IncompatibleQueue",

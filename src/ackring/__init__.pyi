@@ -4,6 +4,7 @@ import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from . import amqp
+from . import aio as aio, mp as mp
 from ._watchdog import Watchdog
 
 _Buffer = Union[bytes, bytearray, memoryview]

@@ -33,6 +33,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 256 << 20
 DEFAULT_RING_BYTES = 64 << 20
 MODES = ("spsc", "mpmc", "latency")
+OBJECT_MODES = ("objects", "asyncio")  # ackring._bench.objects; not part of "all", run on their own
 
 # ----------------------------------------------------------------------------- CLI
 
@@ -68,9 +69,9 @@ def _modes(text: str) -> List[str]:
     out = [x.strip().lower() for x in text.split(",") if x.strip()]
     if "all" in out:
         return list(MODES)
-    bad = [m for m in out if m not in MODES]
+    bad = [m for m in out if m not in MODES + OBJECT_MODES]
     if bad or not out:
-        raise argparse.ArgumentTypeError("modes are %s (comma separated)" % ", ".join(MODES))
+        raise argparse.ArgumentTypeError("modes are %s (comma separated)" % ", ".join(MODES + OBJECT_MODES))
     return out
 
 
@@ -115,10 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
             "  ackring bench --sizes 65536 --mode spsc --zero-copy\n"
             "  ackring bench --json > bench.json\n"
             "  ackring bench --url amqp://guest:guest@127.0.0.1:5672/%%2F   # and over a RabbitMQ broker\n"
+            "  ackring bench --mode objects,asyncio            # Python objects; asyncio consumers\n"
         ),
     )
     b.add_argument("--mode", "-m", type=_modes, default=_modes(DEFAULT_MODES), metavar="MODES",
-                   help="comma list of spsc, mpmc, latency, or all (default %s)" % DEFAULT_MODES)
+                   help="comma list of spsc, mpmc, latency, or all (default %s); or, on their own, "
+                        "objects (Python objects: ackring.mp.Queue vs multiprocessing.Queue and faster-fifo) "
+                        "and asyncio (ackring.aio consumer vs blocking ones)" % DEFAULT_MODES)
     b.add_argument("--sizes", type=_sizes, default=_sizes(DEFAULT_SIZES), metavar="LIST",
                    help="message sizes in bytes, comma separated; k/M suffixes allowed (default %s)"
                         % DEFAULT_SIZES)

@@ -69,6 +69,15 @@ def _select_peers(args: argparse.Namespace, notes: List[str]) -> List[Peer]:
 def run_bench(args: argparse.Namespace) -> int:
     notes: List[str] = []
     modes = list(dict.fromkeys(args.mode))
+    from . import objects
+
+    special = [m for m in modes if m in objects.MODES]
+    if special:
+        if len(special) != len(modes):
+            print("ackring bench: error: run --mode %s on its own (not with spsc/mpmc/latency)"
+                  % ",".join(objects.MODES), file=sys.stderr)
+            return 2
+        return objects.run_bench(args, special)
     sizes = list(dict.fromkeys(args.sizes))
     lat_sizes = list(dict.fromkeys(args.latency_sizes or sizes[:1]))
     peers = _select_peers(args, notes)
