@@ -35,6 +35,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--rate-bound", type=float, default=400e3,
                     help="messages/s the ledger is sized for (chaos ends early if exceeded)")
+    ap.add_argument("--hold", action="store_true",
+                    help="one more consumer holds a message unsettled for the whole run")
+    ap.add_argument("--lease", type=float, default=None, help="consumers' ack lease in seconds")
+    ap.add_argument("--stops", action="store_true", help="also SIGSTOP workers for 10-100 ms")
+    ap.add_argument("--durability", choices=("memory", "os", "sync"), default="memory",
+                    help="os/sync: a file queue in --dir (a real filesystem)")
+    ap.add_argument("--dir", default=None, help="directory for the queue (default a fresh one in /dev/shm)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     a = ap.parse_args(argv)
     # SIGTERM ends the run through the engine's cleanup, which kills the workers
@@ -48,7 +55,8 @@ def main(argv=None):
     log("soak: %.1f min, %d producers, %d consumers, capacity %d, ledger for %d messages"
         % (a.minutes, a.producers, a.consumers, a.capacity, ledger))
     r = _torture.run(seconds, producers=a.producers, consumers=a.consumers, capacity=a.capacity,
-                     kill_interval=(a.kill_min, a.kill_max), seed=a.seed, ledger_size=ledger, log=log)
+                     kill_interval=(a.kill_min, a.kill_max), seed=a.seed, ledger_size=ledger, log=log,
+                     hold=a.hold, lease=a.lease, stops=a.stops, durability=a.durability, qdir=a.dir)
     if a.json:
         print(json.dumps(dict(r, ok=r.ok), default=str, indent=1))
     else:

@@ -111,6 +111,8 @@ class Shared:
         self.cprog = RawArray("q", cslots)      # deliveries per consumer slot
         self.bad = RawArray("q", 1)             # corrupt bodies / numbers out of range
         self.errors = RawArray("q", 1)          # protocol violations seen by workers
+        self.stale_acks = RawArray("q", 1)      # acks refused because the lease ran out (leases only)
+        self.held = RawArray("q", 1)            # the holder holds its message
 
 
 def _report(errdir, tag, text):
@@ -198,7 +200,7 @@ def _inspect(m, ledger, sh, errdir, copy):
     return n
 
 
-def consume_once(c, rng, ledger, sh, errdir, timeout=0.2):
+def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, leases=False):
     """One get / inspect / settle round; returns the number of deliveries.
     Used by the consumer workers and by the parent's final drain."""
     r = rng.random()
@@ -229,27 +231,56 @@ def consume_once(c, rng, ledger, sh, errdir, timeout=0.2):
             for m, _ in keep:
                 m.ack()
     except ackring.StaleDelivery as e:
-        sh.errors[0] += 1
-        _report(errdir, "stale", "live consumer's delivery went stale: %r" % (e,))
-        return len(ms)
+        if not leases:
+            sh.errors[0] += 1
+            _report(errdir, "stale", "live consumer's delivery went stale: %r" % (e,))
+            return len(ms)
+        # with ack leases a slow consumer's delivery may be taken back: the
+        # message was redelivered, and this ack was refused, not counted
+        stale = set(getattr(e, "ids", [ms[0].id] if len(keep) == 1 else []))
+        sh.stale_acks[0] += len(stale)
+        keep = [(m, n) for m, n in keep if m.id not in stale]
     for _m, n in keep:
         if n >= 0:
             ledger.cons_set(n, ledger.cons(n) | ACKED)
     return len(ms)
 
 
-def consumer_main(qname, slot, ledger, sh, seed, errdir, qdir):
+def consumer_main(qname, slot, ledger, sh, seed, errdir, qdir, lease=None):
     os.environ["ACKRING_DIR"] = qdir
     try:
         rng = random.Random(seed)
         q = ackring.open(qname)
-        c = q.consumer()
+        c = q.consumer(ack_timeout=lease)
         while not sh.stop[1]:
-            sh.cprog[slot] += consume_once(c, rng, ledger, sh, errdir)
+            sh.cprog[slot] += consume_once(c, rng, ledger, sh, errdir, leases=lease is not None)
         c.close()
         q.close()
     except BaseException:
         _report(errdir, "consumer", traceback.format_exc())
+        os._exit(3)
+    os._exit(0)
+
+
+def holder_main(qname, ledger, sh, errdir, qdir):
+    """Take one message and hold it, unsettled, for the whole run (it must not
+    stall anybody: capacity counts unsettled messages, nothing else), then ack it."""
+    os.environ["ACKRING_DIR"] = qdir
+    try:
+        q = ackring.open(qname)
+        c = q.consumer()
+        m = c.get(timeout=30)
+        n = _inspect(m, ledger, sh, errdir, True)
+        sh.held[0] = 1
+        while not sh.stop[1]:
+            time.sleep(0.05)  # the holder's idle loop: it holds, on purpose
+        m.ack()
+        if n >= 0:
+            ledger.cons_set(n, ledger.cons(n) | ACKED)
+        c.close()
+        q.close()
+    except BaseException:
+        _report(errdir, "holder", traceback.format_exc())
         os._exit(3)
     os._exit(0)
 
@@ -267,7 +298,8 @@ class Result(dict):
         keys = ["seconds", "kills", "producer_kills", "consumer_kills", "instances", "confirmed",
                 "delivered", "acked", "unconfirmed_delivered", "redelivered", "nacked",
                 "duplicates", "after_ack", "lost", "bad_bodies", "id_mismatch", "worker_errors",
-                "acked_unflagged", "final_stats", "check"]
+                "acked_unflagged", "stale_acks", "stops", "max_progress_gap", "stalls_over_2s",
+                "final_stats", "check"]
         lines = ["%-22s %s" % (k, self.get(k)) for k in keys]
         lines.append("%-22s %s" % ("verdict", "OK" if self.ok else "FAIL"))
         for p in self["problems"]:
@@ -276,8 +308,16 @@ class Result(dict):
 
 
 def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5), seed=None,
-        ledger_size=1 << 24, stall_s=20.0, drain_s=20.0, log=None, qdir=None):
+        ledger_size=1 << 24, stall_s=20.0, drain_s=20.0, log=None, qdir=None, hold=False, lease=None,
+        stops=False, durability="memory"):
     """Run the torture for `seconds` of chaos, then drain and verify.
+
+    hold: one more consumer takes a message at the start and holds it
+    unsettled to the end.  lease: consumers take deliveries under an ack
+    lease of that many seconds (a slow one sees its delivery taken back).
+    stops: some chaos rounds SIGSTOP a worker for 10-100 ms instead of
+    killing it.  durability: "os" or "sync" puts the queue in a file under
+    `qdir` (which must then be on a real filesystem).
 
     Segments go to `qdir` (default: $ACKRING_DIR, else a fresh directory
     under /dev/shm that is removed afterwards).  Returns a Result."""
@@ -296,11 +336,14 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
     ctx = multiprocessing.get_context("fork")
     ledger = Ledger(ledger_size)
     sh = Shared(producers, consumers)
-    q = ackring.create(name, capacity=capacity, message_size=SIZE, watchdog=None)
+    q = ackring.create(name, capacity=capacity, message_size=SIZE, watchdog=None,
+                       **({} if durability == "memory" else {"durability": durability, "dir": qdir}))
+    holder = None
     pworkers = [None] * producers
     cworkers = [None] * consumers
     next_block = [0]
-    counts = {"kills": 0, "producer_kills": 0, "consumer_kills": 0, "instances": 0}
+    counts = {"kills": 0, "producer_kills": 0, "consumer_kills": 0, "instances": 0, "stops": 0,
+              "max_progress_gap": 0.0, "stalls_over_2s": 0}
     problems = []
     say = log or (lambda s: None)
 
@@ -318,7 +361,7 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
 
     def start_consumer(i):
         w = ctx.Process(target=consumer_main, args=(name, i, ledger, sh, rng.randrange(1 << 30),
-                                                    errdir, qdir), daemon=True)
+                                                    errdir, qdir, lease), daemon=True)
         w.start()
         cworkers[i] = w
         counts["instances"] += 1
@@ -339,9 +382,14 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
     try:
         for i in range(producers):
             start_producer(i)
+        if hold:
+            holder = ctx.Process(target=holder_main, args=(name, ledger, sh, errdir, qdir), daemon=True)
+            holder.start()
+            counts["instances"] += 1
         for i in range(consumers):
             start_consumer(i)
         last_progress, last_change = -1, time.monotonic()
+        stalled = False
         budget_out = False
         end = t0 + seconds
         next_note = t0 + 60
@@ -362,6 +410,18 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
             if budget_out:
                 say("ledger budget exhausted after %.0f s: ending the chaos early" % (time.monotonic() - t0))
                 break
+            if stops and rng.random() < 0.3:
+                # stop one at random for 10-100 ms: alive, but doing nothing
+                live = [w for w in all_workers() if w.is_alive()]
+                if live:
+                    w = rng.choice(live)
+                    try:
+                        os.kill(w.pid, signal.SIGSTOP)
+                        time.sleep(rng.uniform(0.01, 0.1))  # how long it stays stopped
+                    finally:
+                        os.kill(w.pid, signal.SIGCONT)
+                    counts["stops"] += 1
+                continue
             # kill one (sometimes two) at random
             for _ in range(2 if rng.random() < 0.15 else 1):
                 live = [(True, i) for i, w in enumerate(pworkers) if w is not None and w.is_alive()]
@@ -380,10 +440,16 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
             prog = sum(sh.cprog)
             now = time.monotonic()
             if prog != last_progress:
-                last_progress, last_change = prog, now
-            elif now - last_change > stall_s:
-                problems.append("no consumer progress for %.0f s: stats %r check %r clients %r" % (
-                    now - last_change, q.stats(), q.check(), q._seg.clients()))
+                last_progress, last_change, stalled = prog, now, False
+            else:
+                gap = now - last_change
+                counts["max_progress_gap"] = round(max(counts["max_progress_gap"], gap), 2)
+                if gap > 2 and not stalled:
+                    stalled = True
+                    counts["stalls_over_2s"] += 1
+                if gap > stall_s:
+                    problems.append("no consumer progress for %.0f s: stats %r check %r entries %r" % (
+                        gap, q.stats(), q.check(), q._seg.entries()))
             if now >= next_note:
                 next_note = now + 60
                 say("t=%4.0fs kills=%d confirmed~%d delivered~%d stats=%r" % (
@@ -400,16 +466,19 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
                 elif w.exitcode not in (0, -signal.SIGKILL):
                     problems.append("producer %d exited with %r" % (w.pid, w.exitcode))
         deadline = time.monotonic() + drain_s
+        held = 1 if holder is not None else 0
+        if holder is not None and not sh.held[0]:
+            problems.append("the holder never got its message")
         while True:
             s = q.stats()
-            if s["depth"] == 0 and s["in_flight"] == 0:
+            if s["depth"] == 0 and s["in_flight"] <= held:
                 break
             if time.monotonic() > deadline:
                 problems.append("consumers did not drain the queue within %g s: %r check %r" % (drain_s, s, q.check()))
                 break
             time.sleep(0.01)  # poll interval of a bounded condition loop
         sh.stop[1] = 1
-        for w in cworkers:
+        for w in cworkers + ([holder] if holder is not None else []):
             w.join(5)
             if w.exitcode is None:
                 problems.append("consumer %d did not stop within 5 s (stuck in a call?)" % w.pid)
@@ -427,7 +496,7 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
         else:
             c = q.consumer()
             drng = random.Random(seed + 1)
-            while consume_once(c, drng, ledger, sh, errdir, timeout=0.3):
+            while consume_once(c, drng, ledger, sh, errdir, timeout=0.3, leases=lease is not None):
                 pass
             c.close()
         q.reclaim()
@@ -436,7 +505,7 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
         if final["depth"] or final["in_flight"]:
             problems.append("queue not drained: %r" % (final,))
         if final["producers"] or final["consumers"]:
-            problems.append("process table not empty after the run: %r" % (q._seg.clients(),))
+            problems.append("process table not empty after the run: %r" % (q._seg.entries(),))
         if check:
             problems.append("q.check(): %r" % (check,))
 
@@ -486,11 +555,12 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
             problems.append("%d worker errors / %d reports:\n%s" % (sh.errors[0], len(errs), "\n".join(texts)))
         res = Result(tot)
         res.update(counts, seconds=round(seconds_run, 1), seed=seed, bad_bodies=sh.bad[0],
+                   stale_acks=sh.stale_acks[0],
                    worker_errors=sh.errors[0] + len(errs), final_stats=final, check=check,
                    problems=problems)
         return res
     finally:
-        for w in all_workers():
+        for w in all_workers() + ([holder] if holder is not None else []):
             if w.is_alive():
                 try:
                     os.kill(w.pid, signal.SIGKILL)

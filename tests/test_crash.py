@@ -136,7 +136,10 @@ def test_consumer_killed_mid_stream(procs, make_queue, batch):
     assert len(redelivered) <= batch
     s = q.stats()
     assert s["published"] == n
-    assert s["acked"] == n
+    # a SIGKILL between an ack's slot CAS and its counter update (one ack,
+    # or one ack_many batch) leaves the statistic short, never the queue
+    # (design.md 11: statistics are approximate across crashes)
+    assert n - batch <= s["acked"] <= n
     assert (s["depth"], s["in_flight"], s["consumers"]) == (0, 0, 1)
 
 

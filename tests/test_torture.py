@@ -35,6 +35,25 @@ def test_torture_random_kills(ackring_dir):
     _check(r, DEFAULT_SECONDS)
 
 
+@pytest.mark.timeout(160)
+def test_torture_one_message_held_for_the_whole_run_and_stops(ackring_dir):
+    """Core v2's point: one consumer holds a message from start to end (the
+    strict ring of v1 stalled every producer after one lap), and workers are
+    also SIGSTOPped now and then (the security issue's stalls)."""
+    r = _torture.run(10.0, producers=2, consumers=2, capacity=8, qdir=ackring_dir, hold=True, stops=True)
+    _check(r, 10.0)
+    assert r["stops"] > 0, r.summary()
+    assert r["stalls_over_2s"] == 0, r.summary()
+
+
+@pytest.mark.timeout(160)
+def test_torture_with_ack_leases(ackring_dir):
+    """Kills and stops under 0.05 s ack leases: slow deliveries are taken
+    back, and no message is ever delivered again after its ack returned."""
+    r = _torture.run(10.0, producers=2, consumers=2, capacity=16, qdir=ackring_dir, lease=0.05, stops=True)
+    _check(r, 10.0)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(int(SLOW_SECONDS) + 300)
 def test_torture_long(ackring_dir):

@@ -539,7 +539,6 @@ class JoinableQueue(Queue):
         Queue._after_fork(self)
         self._tprod = None
         self._tcons = None
-        self._join_mark = 0
 
     def _tasks_producer(self):
         if self._gen != _fork_gen:
@@ -608,21 +607,17 @@ class JoinableQueue(Queue):
         self._check_open()
         tp = self._tasks_producer()
         tq = self._tasks_q
-        cap = tq.capacity
         while True:
             st = tq.stats()
-            if st["depth"] + st["in_flight"] == 0:
+            oldest = st["oldest_unsettled"]
+            if st["depth"] + st["in_flight"] == 0 or oldest is None:
                 return
-            tail = st["tail"]
-            # The strict ring reuses a slot only once what it held is settled,
-            # so every id below tail - capacity is settled already.
-            start = max(self._join_mark, tail - cap)
-            for mid in range(start, tail):
-                try:
-                    tp.wait_acked(mid)   # futex wait; at once if settled (or its slot reused)
-                except ValueError:
-                    pass                 # a position whose write was discarded: no token
-                self._join_mark = mid + 1
+            # One futex wait per outstanding token, oldest first (task_done
+            # takes tokens in order, so this is usually the next one to go).
+            try:
+                tp.wait_acked(oldest["id"])
+            except ValueError:
+                pass                 # reused meanwhile: settled
 
 
 def _now():
