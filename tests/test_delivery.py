@@ -622,6 +622,32 @@ def test_extend_keeps_the_lease(make_queue):
     c.close()
 
 
+def test_extend_without_ack_timeout_starts_a_lease(make_queue):
+    """No ack_timeout on the queue or the consumer: m.extend(s) starts a lease
+    on that one delivery (documented in README "Ack lease and extend")."""
+    q = make_queue(watchdog=None)
+    assert q.config["ack_timeout"] is None
+    with q.producer() as p:
+        leased_id, free_id = p.put(b"leased"), p.put(b"no lease")
+    c = q.consumer()
+    leased, free = c.get(timeout=1), c.get(timeout=1)
+    assert q.reclaim() == 0                     # no lease yet: nothing to take back
+    leased.extend(0.05)
+    other = q.consumer()
+    m = other.get(timeout=10)                   # this get's own lease scan takes it back
+    assert (m.id, m.delivery_count) == (leased_id, 2)
+    with pytest.raises(ackring.StaleDelivery):
+        leased.ack()
+    assert q.reclaim() == 0                     # the other delivery never had a lease
+    with pytest.raises(ackring.Empty):
+        other.get(timeout=0)
+    free.ack()                                  # held all along, still current
+    m.ack()
+    assert q.stats()["lease_expired"] == 1
+    c.close()
+    other.close()
+
+
 def test_consumer_ack_timeout_overrides_queue(make_queue):
     q = make_queue()                            # no lease by default
     assert q.config["ack_timeout"] is None
