@@ -222,6 +222,24 @@ def _ackring_consume_exact(c: Any, params: Params, clock: Clock) -> Tuple[int, s
     copy = not params.zero_copy
     get = c.get
     got = 0
+    if params.batch > 1 and copy and hasattr(c, "get_batch"):
+        # One Batch object per batch, no Python object per message, one ack.
+        batch = params.batch
+        get_batch = c.get_batch
+        api = "get_batch(%d)+Batch.ack" % batch
+        clock.start()
+        try:
+            while got < n:
+                b = get_batch(min(batch, n - got), timeout=timeout)
+                k = len(b)
+                got += k
+                if got >= n:
+                    _check_body(b[k - 1], size, "the last message")
+                b.ack()
+        except _queue.Empty:
+            raise _short(got, n) from None
+        clock.stop()
+        return got, api
     if params.batch > 1:
         batch = params.batch
         get_many = c.get_many
@@ -291,18 +309,27 @@ def _ackring_consume_until_counted(c: Any, params: Params, clock: Clock, idx: in
     get = c.get
     count = 0
     end = _McEnd(params, clock, idx)
+    get_batch = getattr(c, "get_batch", None) if copy else None
     if params.batch > 1:
         batch = params.batch
         get_many = c.get_many
         ack_many = getattr(c, "ack_many", None)
-        api = "get_many(%d)+%s%s" % (batch, "ack_many" if ack_many else "ack", "" if copy else "+memoryview")
+        if get_batch is not None:
+            api = "get_batch(%d)+Batch.ack" % batch
+        else:
+            api = "get_many(%d)+%s%s" % (batch, "ack_many" if ack_many else "ack", "" if copy else "+memoryview")
     else:
         batch = 0
         api = "get+ack" if copy else "get(copy=False)+memoryview+ack"
     clock.start()
     while True:
         try:
-            if batch:
+            if batch and get_batch is not None:
+                while True:
+                    b = get_batch(batch, timeout=POLL_SLICE)
+                    count += len(b)
+                    b.ack()
+            elif batch:
                 while True:
                     ms = get_many(batch, timeout=POLL_SLICE, copy=copy)
                     if not copy:
