@@ -542,9 +542,14 @@ int ar_settle(ar_delivery *d, int how) {
     if (rc != AR_OK)
         return rc;
     spin_lock(&c->lock);
+    /* Counted before the settle is visible: whoever sees its receipt (or the
+     * freed room) and then reads stats() sees it counted; undone if it failed. */
+    int k = settle_counter[how];
+    if (k >= 0)
+        count(c->q, c->entry, k, 1);
     rc = settle_one(c, d, how);
-    if (rc == AR_OK && settle_counter[how] >= 0)
-        count(c->q, c->entry, settle_counter[how], 1);
+    if (rc != AR_OK && k >= 0)
+        count(c->q, c->entry, k, (uint64_t)-1);
     spin_unlock(&c->lock);
     d->flags |= AR_D_SETTLED;
     FADD(&c->outstanding, -1, RLX);
@@ -578,14 +583,17 @@ int ar_settle_many(ar_client *c, ar_delivery *const *ds, size_t n, int how, int 
     if (rc != AR_OK)
         return rc;
     uint64_t ok = 0;
+    int k = settle_counter[how];
     spin_lock(&c->lock);
+    if (k >= 0)
+        count(c->q, c->entry, k, n); /* before any settle is visible, as in ar_settle */
     for (i = 0; i < n; i++) {
         rcs[i] = settle_one(c, ds[i], how);
         ok += rcs[i] == AR_OK;
         ds[i]->flags |= AR_D_SETTLED;
     }
-    if (ok && settle_counter[how] >= 0)
-        count(c->q, c->entry, settle_counter[how], ok);
+    if (k >= 0 && ok < n)
+        count(c->q, c->entry, k, (uint64_t)0 - (n - ok));
     spin_unlock(&c->lock);
     FADD(&c->outstanding, -(int)n, RLX);
     client_leave(c);

@@ -131,13 +131,15 @@ int dead_letter(ar_queue *q, uint32_t e, uint32_t v, uint64_t w, const ar_delive
             count(q, e, CNT_DLQ_DROPPED, 1);
     }
     HOOK(H_DLQ_COPIED);
+    /* dropped: no DLQ (a DLQ's own rejects, a DLQ removed by hand) or no
+     * room in it (also counted as dlq_dropped above).  Counted before the
+     * settle (and its receipt) is visible, undone if it fails. */
+    int which = outcome == AR_OUT_DROPPED ? CNT_DROPPED : dl_counter[reason];
+    count(q, e, which, 1);
     int rc = free_slot(q, e, v, &w, outcome, T7);
     if (rc != AR_OK)
-        return rc;
-    /* dropped: no DLQ (a DLQ's own rejects, a DLQ removed by hand) or no
-     * room in it (also counted as dlq_dropped above) */
-    count(q, e, outcome == AR_OUT_DROPPED ? CNT_DROPPED : dl_counter[reason], 1);
-    return AR_OK;
+        count(q, e, which, (uint64_t)-1);
+    return rc;
 }
 
 int fill_delivery(ar_queue *q, uint32_t e, uint32_t v, uint64_t w, ar_delivery *d) {
@@ -222,9 +224,12 @@ int expire_leases(ar_queue *q, uint32_t o, uint32_t *n) {
             }
             if (dead_letter(q, o, i, dying, &d, AR_DL_LEASE_EXPIRED) == AR_OK)
                 (*n)++;
-        } else if (requeue_slot(q, o, i, &w, T9) == AR_OK) {
-            count(q, o, CNT_LEASE_EXPIRED, 1);
-            (*n)++;
+        } else {
+            count(q, o, CNT_LEASE_EXPIRED, 1); /* before the redelivery is visible */
+            if (requeue_slot(q, o, i, &w, T9) == AR_OK)
+                (*n)++;
+            else
+                count(q, o, CNT_LEASE_EXPIRED, (uint64_t)-1);
         }
     }
     return rc;

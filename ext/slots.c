@@ -122,9 +122,9 @@ int publish_slot(ar_queue *q, uint32_t e, uint32_t v, ar_slot *s, uint64_t ww, u
         return AR_STALE;
     }
     HOOK(H_PUBLISH_READY);
+    count(q, e, CNT_PUBLISHED, 1); /* before a consumer can take (and ack) it */
     int rc = ring_push(q, R_READY, v);
     unmark_push(q, e);
-    count(q, e, CNT_PUBLISHED, 1);
     wake_consumers(q);
     return rc;
 }

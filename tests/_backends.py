@@ -138,9 +138,12 @@ def produce(q, tag, n, conn):
     _report(conn, run)
 
 
-def consume_until(q, stop, conn, budget):
+def consume_until(q, stop, conn, budget, acked=None, total=None):
     """Get and ack until ``stop`` is set and a get comes back empty; report
-    [(id, body, delivery_count), ...]."""
+    [(id, body, delivery_count), ...].  With ``acked`` (a shared counter)
+    and ``total``: until all consumers together acked ``total`` (a broker
+    may still hold messages prefetched for another consumer when one sees
+    an empty get, so "empty once" is not "done")."""
     def run():
         out = []
         deadline = time.monotonic() + budget
@@ -149,11 +152,14 @@ def consume_until(q, stop, conn, budget):
                 try:
                     m = c.get(timeout=0.1)
                 except ackring.Empty:
-                    if stop.is_set():
+                    if stop.is_set() and (acked is None or acked.value >= total):
                         break
                     continue
                 out.append((m.id, m.body, m.delivery_count))
                 m.ack()
+                if acked is not None:
+                    with acked.get_lock():
+                        acked.value += 1
         return out
     _report(conn, run)
 

@@ -547,10 +547,11 @@ def test_many_producers_and_consumers_every_message_once(make_backend_queue, pro
     q = make_backend_queue(capacity=256, message_size=64)
     n_prod, n_cons, per = 2, 2, 150
     stop = MP.Event()
+    acked = MP.Value("q", 0)
     cons_conns, prod_conns = [], []
     for _ in range(n_cons):
         a, b = MP.Pipe()
-        procs(B.consume_until, q, stop, b, 60)
+        procs(B.consume_until, q, stop, b, 60, acked, n_prod * per)
         cons_conns.append(a)
     for i in range(n_prod):
         a, b = MP.Pipe()
