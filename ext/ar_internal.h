@@ -6,7 +6,7 @@
  *
  * docs/design.md is the long form.  Every shared field below says who writes
  * it, under which atomic, and why that order is enough.  Transition labels
- * (T1..T16) and invariants (I1..I8) are those of design.md section 3 and 4.
+ * (T1..T14) and invariants (I1..I8) are those of docs/design.md sections 3 and 4.
  */
 #ifndef AR_INTERNAL_H
 #define AR_INTERNAL_H
@@ -165,7 +165,8 @@ typedef struct ar_entry {
     uint64_t word;       /* EWORD.  FREE -> ACTIVE by the registrant's CAS while it holds the
                           * entry's OFD lock; ACTIVE -> CLOSING by its owner; -> DEAD by a
                           * reclaimer holding the lock of a dead owner; -> FREE (seq kept) by
-                          * whichever of the two released its slots.  seq_cst. */
+                          * whichever of the two released its slots.  seq_cst, but the
+                          * CASes to FREE (release is enough: nothing after them is read). */
     uint64_t start_time; /* process start (ticks since boot), for operators only */
     uint64_t reg_ns;     /* CLOCK_REALTIME of the registration, for operators only */
     /* Markers (I7): written only by the entry's owner (or by the reclaimer acting
@@ -194,7 +195,7 @@ typedef struct ar_entry {
 typedef struct ar_slot {
     uint64_t word;       /* SWORD; every change is one CAS (slot_cas) */
     uint64_t lease;      /* LEASE(deadline_ms, tag): stored by the DELIVERED owner at each take;
-                          * CASed by extend and by the lease scan (T13), see lease.c */
+                          * CASed by extend and by the lease scan (T9/T10), see delivery.c */
     uint64_t use;        /* allocations of this slot (64-bit): written by the WRITING owner */
     uint32_t len;        /* payload length: written by the WRITING owner, bounds-checked by readers (I4) */
     uint32_t crc;        /* CRC32C of the immutable fields + payload (checksummed queues) */

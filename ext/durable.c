@@ -279,6 +279,9 @@ int durable_rebuild(ar_queue *q, ar_recovery *rec) {
     h->sync_gen = 0;
     h->sync_pending = 0;
     h->rebuilds++;
+    /* release: every store of the rebuild is visible before the new boot id
+     * (an opener that sees it skips the rebuild; see ar_open's acquire). */
+    FENCE(REL);
     memcpy((void *)h->boot_id, now, 16);
     free(items);
     free(freelist);

@@ -194,12 +194,15 @@ static void fork_child(void) {
          * shares with its parent: give the child a description of its own,
          * so the parent's locks (its entries' liveness) stay the parent's and
          * die with it.  open(2) of /proc/self/fd/N makes a new description of
-         * the same file; dup2 puts it under the same fd number. */
+         * the same file; dup3 puts it under the same fd number, keeping
+         * close-on-exec (dup2 would clear it, and a program the child execs
+         * would inherit the description and its locks: entries that look
+         * alive as long as that program runs). */
         char p[64];
         snprintf(p, sizeof p, "/proc/self/fd/%d", q->fd);
         int nfd = open(p, O_RDWR | O_CLOEXEC);
         if (nfd >= 0) {
-            dup2(nfd, q->fd);
+            dup3(nfd, q->fd, O_CLOEXEC);
             close(nfd);
         }
         memset(q->mine, 0, (size_t)q->max_clients * sizeof *q->mine);
@@ -649,7 +652,11 @@ int ar_open(const char *path, const uint32_t *trust, size_t ntrust, ar_queue **o
     if (q->flags & AR_F_FILE) {
         uint8_t now[16];
         read_boot_id(now);
-        if (memcmp(now, (const void *)q->hdr->boot_id, 16) != 0) {
+        int same_boot = memcmp(now, (const void *)q->hdr->boot_id, 16) == 0;
+        /* acquire: pairs with the release fence before durable_rebuild's
+         * boot-id store, so a matching id means its rings are seen too. */
+        FENCE(ACQ);
+        if (!same_boot) {
             /* Last used in another boot: no process of that boot is alive,
              * whatever pids the table names.  Rebuild from the slots. */
             rc = durable_rebuild(q, &q->last_open);

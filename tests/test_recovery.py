@@ -610,3 +610,43 @@ def test_dropped_clients_give_back_their_entries(make_queue):
     gc.collect()
     s = q.stats()
     assert (s["consumers"], s["in_flight"], s["depth"]) == (1, 0, 1), s
+
+
+@pytest.mark.timeout(60)
+def test_fork_child_that_execs_does_not_keep_its_entries_alive(make_queue):
+    """A fork child registers a producer, then execs another program without
+    closing its descriptors (os.fork + os.execv, as system()/popen() do).  Its
+    entry's liveness lock is on the child's own open file description, which
+    must be close-on-exec: the exec'd program does not hold it, so the entry
+    is reclaimed while that program still runs.  (The fork handler once used
+    dup2, which cleared FD_CLOEXEC, and such entries looked alive for ever.)"""
+    q = make_queue(watchdog=None)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                       # child
+        try:
+            os.close(r)
+            p = q.producer()                           # registers under the child's own lock
+            p.put(b"from the child", timeout=1)
+            os.write(w, b"1")
+            os.execv("/bin/sleep", ["sleep", "30"])   # no close(): descriptors are inherited
+        finally:
+            os._exit(1)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"
+        deadline = time.monotonic() + 10
+        reclaimed = 0
+        while q.stats()["producers"] and time.monotonic() < deadline:
+            reclaimed += q.reclaim()                   # a bounded condition loop
+            time.sleep(0.01)
+        assert q.stats()["producers"] == 0, "the exec'd program kept the child's entry alive"
+        assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # sleep still runs
+        assert q.stats()["reclaimed_entries"] >= 1
+        m = q.consumer().get(timeout=1)                # its confirmed message is still there
+        assert m.body == b"from the child"
+        m.ack()
+    finally:
+        os.close(r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
