@@ -71,6 +71,13 @@ def run_bench(args: argparse.Namespace) -> int:
     modes = list(dict.fromkeys(args.mode))
     from . import objects
 
+    if "durable" in modes:
+        # `ackring bench --mode durable` (once cli.py lists it): file-backed queues vs sqlite peers
+        if len(modes) != 1:
+            print("ackring bench: error: run --mode durable on its own", file=sys.stderr)
+            return 2
+        from . import durable
+        return durable.run_bench(args)
     special = [m for m in modes if m in objects.MODES]
     if special:
         if len(special) != len(modes):
