@@ -237,10 +237,17 @@ class Queue:
 
     def peek(self, n=10):
         """Up to n ready messages in delivery order, without taking them: a
-        list of dicts (id, body, delivery_count, publish_time, requeued)."""
+        list of dicts (id, body, delivery_count, publish_time, requeued; on a
+        dead-letter queue also death: reason, id, delivery_count,
+        first_publish_time, time, as ``m.death``)."""
         n = _int_arg(n, "n")
-        return [{"id": i, "body": b, "delivery_count": dc, "publish_time": pub / 1e9, "requeued": rq}
-                for i, b, dc, pub, rq in self._seg.peek(n)]
+        out = []
+        for i, b, dc, pub, rq, death in self._seg.peek(n):
+            row = {"id": i, "body": b, "delivery_count": dc, "publish_time": pub / 1e9, "requeued": rq}
+            if death is not None:
+                row["death"] = death
+            out.append(row)
+        return out
 
     def purge(self):
         """Drop every message that is ready now (not those held by consumers);
