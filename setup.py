@@ -50,6 +50,23 @@ def _load_cffi_build():
     return mod
 
 
+def _check_python_h():
+    """Say clearly what to install when the Python headers are missing,
+    instead of gcc's "Python.h: No such file or directory"."""
+    import sysconfig
+
+    inc = sysconfig.get_paths().get("include") or ""
+    if os.path.exists(os.path.join(inc, "Python.h")) or os.environ.get("ACKRING_SKIP_HEADER_CHECK"):
+        return
+    sys.exit("ackring: building needs the Python development headers (%s/Python.h is missing).\n"
+             "  Debian/Ubuntu: apt-get install python3-dev   (PyPy: pypy3-dev)\n"
+             "  Fedora/RHEL:   dnf install python3-devel\n"
+             "  Alpine:        apk add python3-dev" % inc)
+
+
+if any(cmd.startswith(("build", "bdist", "install", "develop", "editable")) for cmd in sys.argv[1:]):
+    _check_python_h()
+
 # The C core, one file per concern (ext/ackring.h lists them), compiled into both extensions.
 CORE_SOURCES = sorted(glob.glob("ext/*.c"))
 CORE_HEADERS = sorted(glob.glob("ext/*.h"))

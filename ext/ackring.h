@@ -182,6 +182,9 @@ typedef struct ar_peek_item {
     uint64_t id, word, publish_ns;
     const unsigned char *data;
     uint32_t len, delivery_count, index, requeued;
+    /* on a dead-letter queue, as in ar_delivery: the death record */
+    uint64_t dead_original_id, dead_queue_id, dead_publish_ns, dead_ns;
+    uint32_t dead_reason, dead_delivery_count;
 } ar_peek_item;
 
 /* ---- segment life (segment.c) */

@@ -178,7 +178,16 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
             it->delivery_count = SW_GEN(w);
             it->index = v;
             it->requeued = r == R_REQUEUE;
+            it->dead_reason = 0;
             if (q->cfg.is_dlq && len >= AR_DEATH_SIZE) {
+                ar_death dh; /* copied like the body: ar_peek_still says if it held */
+                memcpy(&dh, it->data, AR_DEATH_SIZE);
+                it->dead_original_id = dh.original_id;
+                it->dead_queue_id = dh.queue_id;
+                it->dead_publish_ns = dh.publish_ns;
+                it->dead_ns = dh.dead_ns;
+                it->dead_reason = dh.reason;
+                it->dead_delivery_count = dh.delivery_count;
                 it->data += AR_DEATH_SIZE;
                 it->len -= AR_DEATH_SIZE;
             }

@@ -237,10 +237,17 @@ class Queue:
 
     def peek(self, n=10):
         """Up to n ready messages in delivery order, without taking them: a
-        list of dicts (id, body, delivery_count, publish_time, requeued)."""
+        list of dicts (id, body, delivery_count, publish_time, requeued; on a
+        dead-letter queue also death: reason, id, delivery_count,
+        first_publish_time, time, as ``m.death``)."""
         n = _int_arg(n, "n")
-        return [{"id": i, "body": b, "delivery_count": dc, "publish_time": pub / 1e9, "requeued": rq}
-                for i, b, dc, pub, rq in self._seg.peek(n)]
+        out = []
+        for i, b, dc, pub, rq, death in self._seg.peek(n):
+            row = {"id": i, "body": b, "delivery_count": dc, "publish_time": pub / 1e9, "requeued": rq}
+            if death is not None:
+                row["death"] = death
+            out.append(row)
+        return out
 
     def purge(self):
         """Drop every message that is ready now (not those held by consumers);
@@ -248,11 +255,15 @@ class Queue:
         with Consumer(self._seg) as c:
             return c.purge()
 
-    def redrive(self, n=None, reason=None, timeout=0):
+    def redrive(self, n=None, reason=None, timeout=0, put_timeout=None):
         """Move dead letters back to this queue (optionally only those of
         ``reason``, at most ``n``); returns how many moved.  Each is put here
         (confirmed) before it is acked in the DLQ, so a death midway leaves a
-        copy in both places, never none."""
+        copy in both places, never none.  Looks at most at the dead letters
+        there when it starts (plus those arriving within ``timeout``).  If
+        this queue stays full for ``put_timeout`` seconds (None: wait), the
+        dead letter in hand goes back to the DLQ and Full is raised with
+        ``.moved``, the count so far."""
         dlq = self.dead_letters
         if dlq is None:
             raise ValueError("queue %r has no dead-letter queue" % self.name)
@@ -261,20 +272,31 @@ class Queue:
         limit = None if n is None else _int_arg(n, "n")
         moved = 0
         skipped = []
+        budget = dlq.stats()["depth"]
         with self.producer() as p, dlq.consumer() as c:
-            while limit is None or moved < limit:
-                try:
-                    m = c.get(timeout=timeout)
-                except Empty:
-                    break
-                if reason is not None and m.death["reason"] != reason:
-                    skipped.append(m)
-                    continue
-                p.put(m.body)
-                m.ack()
-                moved += 1
-            for m in skipped:
-                m.nack()
+            try:
+                while (limit is None or moved < limit) and (budget > 0 or timeout):
+                    try:
+                        m = c.get(timeout=timeout)
+                    except Empty:
+                        break
+                    budget -= 1
+                    if reason is not None and m.death["reason"] != reason:
+                        skipped.append(m)
+                        continue
+                    try:
+                        p.put(m.body, timeout=put_timeout)
+                    except Full:
+                        m.nack()
+                        e = Full("queue %r stayed full for %ss: moved %d dead letter(s), stopped"
+                                 % (self.name, put_timeout, moved))
+                        e.moved = moved
+                        raise e from None
+                    m.ack()
+                    moved += 1
+            finally:
+                for m in skipped:
+                    m.nack()
         return moved
 
     def shutdown(self):

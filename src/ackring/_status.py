@@ -160,3 +160,18 @@ def no_pickle(obj):
             "Reservation": "commit it first; a reservation belongs to its producer's process",
             "Batch": "pass the bodies instead; a batch belongs to its consumer's process"}.get(kind, "")
     raise TypeError("a %s cannot be pickled; %s" % (kind, hint))
+
+
+# Pickled objects on the normal API (Producer.put_obj, Message.obj): both
+# backends forward here, and the codec itself is ackring.mp's, so there is
+# one implementation of it.
+def put_obj(producer, obj, timeout, ttl):
+    from ackring.mp import put_obj as _put_obj
+
+    return _put_obj(producer, obj, timeout, ttl)
+
+
+def load_obj(message):
+    from ackring.mp import load_obj as _load_obj
+
+    return _load_obj(message)

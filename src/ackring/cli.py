@@ -92,10 +92,21 @@ def _seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from ._bench.peers import PEERS
 
+    import ackring
+
     parser = argparse.ArgumentParser(
         prog="ackring",
         description="ackring: crash-safe shared-memory message queues with acks.",
     )
+    parser.add_argument("--version", action="version",
+                        version="ackring %s (backend %s, %s %s)" % (
+                            ackring.__version__, ackring.backend, sys.implementation.name,
+                            ".".join(map(str, sys.version_info[:3]))))
+    parser.add_argument("--dir", default=None, help="queue directory (default $ACKRING_DIR, else /dev/shm)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument("--dir", default=argparse.SUPPRESS,
+                        help="queue directory (default $ACKRING_DIR, else /dev/shm)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     b = sub.add_parser(
         "bench",
@@ -176,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=bench)
     from ._admin import add_commands
 
-    add_commands(sub)  # check, watchdog, stats
+    add_commands(sub, common)  # ls, stats, peek, get, publish, dlq, redrive, purge, rm, create, check, watchdog
     return parser
 
 
@@ -202,7 +213,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # `ackring ls | head -1`: the reader left; say nothing, exit 0.  Point
+        # stdout at /dev/null so the flush at exit does not fail again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("ackring: interrupted", file=sys.stderr)
         return 130

@@ -301,7 +301,9 @@ class Segment:
             it = items[i]
             body = bytes(_buffer(it.data, it.len))
             if lib.ar_peek_still(q, ffi.addressof(items, i)):
-                out.append((it.id, body, it.delivery_count, it.publish_ns, bool(it.requeued)))
+                out.append((it.id, body, it.delivery_count, it.publish_ns, bool(it.requeued),
+                            _STATUS.death(it.dead_reason, it.dead_original_id, it.dead_queue_id,
+                                          it.dead_delivery_count, it.dead_publish_ns, it.dead_ns)))
         return out
 
 
@@ -361,6 +363,10 @@ class Producer(_Client):
 
     def __init__(self, segment):
         self._open(segment, lib.AR_ROLE_PRODUCER, 0, 0)
+
+    def put_obj(self, obj, timeout=None, ttl=None):
+        """Pickle ``obj`` (protocol 5) and put it (see the Cython backend)."""
+        return S.put_obj(self, obj, timeout, ttl)
 
     def put(self, data, timeout=None, ttl=None):
         """Store one message; returns its id once consumers can get it."""
@@ -682,6 +688,8 @@ class Message:
                                        "use get(copy=True)" % self._d.id)
             self._body = bytes(_buffer(self._d.data, self._d.len))
         return self._body
+
+    obj = property(lambda self: S.load_obj(self), doc="The object a put_obj stored (see the Cython backend).")
 
     def __len__(self):
         return self._d.len

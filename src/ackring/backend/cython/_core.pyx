@@ -106,6 +106,8 @@ cdef extern from "ackring.h" nogil:
         uint64_t id, word, publish_ns
         const unsigned char *data
         uint32_t len, delivery_count, index, requeued
+        uint64_t dead_original_id, dead_queue_id, dead_publish_ns, dead_ns
+        uint32_t dead_reason, dead_delivery_count
 
     int ar_check_name(const char *name)
     int ar_create_pair(const ar_create_args *a, ar_queue **main, ar_queue **dlq)
@@ -452,7 +454,8 @@ cdef class Segment:
 
     def peek(self, Py_ssize_t n):
         """Up to n ready messages in delivery order, without taking them:
-        (id, body, delivery_count, publish_ns, requeued) tuples."""
+        (id, body, delivery_count, publish_ns, requeued, death) tuples (death:
+        a dict on a dead-letter queue, else None)."""
         cdef ar_peek_item *items
         cdef size_t got = 0, i
         cdef int rc
@@ -472,7 +475,10 @@ cdef class Segment:
                 body = PyBytes_FromStringAndSize(<const char *>items[i].data, items[i].len)
                 if ar_peek_still(self.q, &items[i]):   # not taken while we copied
                     out.append((items[i].id, body, items[i].delivery_count, items[i].publish_ns,
-                                bool(items[i].requeued)))
+                                bool(items[i].requeued),
+                                _STATUS.death(items[i].dead_reason, items[i].dead_original_id,
+                                              items[i].dead_queue_id, items[i].dead_delivery_count,
+                                              items[i].dead_publish_ns, items[i].dead_ns)))
             return out
         finally:
             PyMem_Free(items)
@@ -533,6 +539,12 @@ cdef class _Client:
 cdef class Producer(_Client):
     def __init__(self, Segment segment):
         self._open(segment, AR_ROLE_PRODUCER, 0, 0)
+
+    def put_obj(self, obj, timeout=None, ttl=None):
+        """Pickle ``obj`` (protocol 5; out-of-band buffers such as numpy arrays
+        go straight into the slot) and put it; read it back with ``m.obj``.
+        Returns the message id once stored, as put()."""
+        return S.put_obj(self, obj, timeout, ttl)
 
     def put(self, data, timeout=None, ttl=None):
         """Store one message; returns its id once consumers can get it (the
@@ -999,6 +1011,12 @@ cdef class Message:
                                            "use get(copy=True)" % self.d.id)
                 self._body = _copy_out(self.d.data, self.d.len)
             return self._body
+
+    property obj:
+        """The object a ``put_obj`` stored (unpickled anew on each access; it
+        never points into the slot, so acking after is safe).  ValueError if
+        the message was not written by put_obj / ackring.mp."""
+        def __get__(self): return S.load_obj(self)
 
     def __len__(self):
         return self.d.len
