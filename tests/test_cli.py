@@ -253,6 +253,28 @@ def test_check_several_and_all(make_queue):
     assert r.returncode == 1 and b"--all" in r.stderr
 
 
+def test_check_reports_what_its_own_open_repaired(make_queue):
+    """A consumer killed while it holds a message: the open that `ackring
+    check` does reclaims it, and check says so instead of a bare "ok"."""
+    q = make_queue(name="qr", watchdog=None)
+    q.producer().put(b"held")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import ackring, sys; q = ackring.open('qr', watchdog=None); c = q.consumer(); "
+        "m = c.get(timeout=10); print(m.id, flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"0"
+    finally:
+        holder.kill()
+        holder.wait(TIMEOUT)
+    text = out("check", "qr")
+    assert "queue 'qr': opening it repaired 1 dead process entries, 1 message(s) requeued" in text
+    assert "queue 'qr': ok" in text
+    res = js("check", "qr")                                  # a second open finds nothing left
+    assert res["ok"] is True and res["repaired_on_open"] == {}
+    assert q.stats()["depth"] == 1 and q.stats()["in_flight"] == 0
+
+
 def test_watchdog_reclaims_a_dead_holder_in_one_of_several_queues(make_queue):
     a, b = make_queue(name="wa", watchdog=None), make_queue(name="wb", watchdog=None)
     b.producer().put(b"held")

@@ -408,20 +408,33 @@ def _names(args):
     return args.names
 
 
+_RECOVERY_WORDS = {"entries": "dead process entries", "requeued": "message(s) requeued",
+                   "discarded": "half-written message(s) discarded", "repushed": "index(es) re-pushed",
+                   "leases": "expired lease(s) taken back", "rebuilt": "rebuild after a reboot",
+                   "torn": "torn slot(s) dropped", "busy": "entries busy (left for later)"}
+
+
 def cmd_check(args):
     results = []
     for name in _names(args):
         with _open(args, name) as q:
+            # Opening runs a reclaim pass first: say what it repaired, or the
+            # check below would only ever see an already repaired segment.
+            on_open = {k: v for k, v in q.open_recovery.items() if v}
             problems = q.check()
             repaired = None
             if args.reclaim:
                 repaired = q.reclaim()
                 problems = q.check()
-        results.append({"queue": name, "ok": not problems, "problems": problems, "repaired": repaired})
+        results.append({"queue": name, "ok": not problems, "problems": problems, "repaired": repaired,
+                        "repaired_on_open": on_open})
     if args.json:
         _json(results[0] if len(results) == 1 and not args.all else results)
     else:
         for r in results:
+            if r["repaired_on_open"]:
+                _out("queue %r: opening it repaired %s" % (r["queue"], ", ".join(
+                    "%s %s" % (v, _RECOVERY_WORDS.get(k, k)) for k, v in r["repaired_on_open"].items())))
             if r["repaired"] is not None:
                 _out("queue %r: reclaim repaired %d slot(s)" % (r["queue"], r["repaired"]))
             _out("queue %r: %s" % (r["queue"], "ok" if r["ok"] else "%d problem(s)" % len(r["problems"])))

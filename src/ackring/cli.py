@@ -33,7 +33,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 256 << 20
 DEFAULT_RING_BYTES = 64 << 20
 MODES = ("spsc", "mpmc", "latency")
-OBJECT_MODES = ("objects", "asyncio")  # ackring._bench.objects; not part of "all", run on their own
+OBJECT_MODES = ("objects", "asyncio", "durable")  # ackring._bench.objects / .durable; not part of "all", run on their own
 
 # ----------------------------------------------------------------------------- CLI
 
