@@ -64,7 +64,8 @@ def test_create_ls_rm(qname):
     assert r.returncode == 1 and b"exists" in r.stderr
     assert js("create", qname, "--exist-ok")["queue"] == qname
     with ackring.open(qname, watchdog=None) as q:
-        q.producer().put(b"x")
+        with q.producer() as p:                 # closed: a dropped one is freed only by the GC on PyPy
+            p.put(b"x")
         c = q.consumer()
         c.get(timeout=1)                                   # held: in flight
         rows = {r["name"]: r for r in js("ls")}
