@@ -237,7 +237,9 @@ def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, leases=False):
             return len(ms)
         # with ack leases a slow consumer's delivery may be taken back: the
         # message was redelivered, and this ack was refused, not counted
-        stale = set(getattr(e, "ids", [ms[0].id] if len(keep) == 1 else []))
+        # (a single ack: the one refused is keep[0], not ms[0], which may be
+        # a message nacked above)
+        stale = set(getattr(e, "ids", [keep[0][0].id] if len(keep) == 1 else []))
         sh.stale_acks[0] += len(stale)
         keep = [(m, n) for m, n in keep if m.id not in stale]
     for _m, n in keep:

@@ -47,11 +47,11 @@ def test_torture_one_message_held_for_the_whole_run_and_stops(ackring_dir):
 
 
 @pytest.mark.timeout(160)
-@pytest.mark.xfail(__import__("ackring").backend == "cffi", strict=False,
-                   reason="known open defect (issue 13 item 9): on the cffi backend only, about one 10 s run "
-                          "in three sees a few messages delivered again after ack_many/ack returned "
-                          "(seeds 234761971, 159350862); the Cython backend and the 30-min Cython soak "
-                          "with leases show none. Run strictly: ACKRING_BACKEND=cffi pytest --runxfail")
+@pytest.mark.xfail(strict=False,
+                   reason="known open defect (issue 13 item 9): about one 10 s run in three (both backends) "
+                          "sees a few messages delivered again after their ack returned OK under 0.05 s "
+                          "leases with SIGSTOPs (seeds 234761971, 159350862, 266929099); the 30-min soak "
+                          "with 2 s leases showed none. Run strictly: pytest --runxfail tests/test_torture.py -k leases")
 def test_torture_with_ack_leases(ackring_dir):
     """Kills and stops under 0.05 s ack leases: slow deliveries are taken
     back, and no message is ever delivered again after its ack returned."""
