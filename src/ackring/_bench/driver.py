@@ -72,7 +72,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from . import objects
 
     if "durable" in modes:
-        # `ackring bench --mode durable` (once cli.py lists it): file-backed queues vs sqlite peers
+        # `ackring bench --mode durable`: file-backed queues vs sqlite peers
         if len(modes) != 1:
             print("ackring bench: error: run --mode durable on its own", file=sys.stderr)
             return 2

@@ -37,18 +37,12 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .common import machine_info
+from .harness import percentile
 
 SIZES = (64, 4096)
 PRODUCERS = (1, 4)
 DURABILITIES = ("os", "sync")
 BATCH = 64  # the put_many row: one confirm (one shared sync) per 64 messages
-
-
-def _pct(xs: List[float], q: float) -> Optional[float]:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 # ------------------------------------------------------------------ workers
@@ -300,16 +294,15 @@ def run(messages: int = 20000, repeat: int = 3, directory: Optional[str] = None,
         rows = []
         for (peer, size, k), rs in runs.items():
             rate = statistics.median(r["messages"] / r["seconds"] for r in rs)
-            lat = [x for r in rs for x in r["lat"]]
+            lat = sorted(x for r in rs for x in r["lat"])
             row: Dict[str, Any] = {"peer": peer, "size": size, "producers": k, "msg_per_s": rate,
                                    "runs_msg_per_s": [r["messages"] / r["seconds"] for r in rs],
-                                   "p50_confirm_us": (_pct(lat, 0.5) or 0) * 1e6,
-                                   "p99_confirm_us": (_pct(lat, 0.99) or 0) * 1e6}
+                                   "p50_confirm_us": percentile(lat, 50) * 1e6 if lat else 0,
+                                   "p99_confirm_us": percentile(lat, 99) * 1e6 if lat else 0}
             if "syncs" in rs[0]:
                 row["syncs_per_s"] = statistics.median(r["syncs"] / r["seconds"] for r in rs)
-                row["msgs_per_sync"] = statistics.median(r["messages"] / r["syncs"] if r["syncs"] else None
-                                                         for r in rs if r["syncs"]) if any(
-                    r["syncs"] for r in rs) else None
+                synced = [r["messages"] / r["syncs"] for r in rs if r["syncs"]]
+                row["msgs_per_sync"] = statistics.median(synced) if synced else None
             rows.append(row)
         by = {(r["peer"], r["size"], r["producers"]): r for r in rows}
         for r in rows:

@@ -312,11 +312,11 @@ def _ackring_consume_until_counted(c: Any, params: Params, clock: Clock, idx: in
     get_batch = getattr(c, "get_batch", None) if copy else None
     if params.batch > 1:
         batch = params.batch
-        get_many = c.get_many
-        ack_many = getattr(c, "ack_many", None)
         if get_batch is not None:
             api = "get_batch(%d)+Batch.ack" % batch
         else:
+            get_many = c.get_many
+            ack_many = getattr(c, "ack_many", None)
             api = "get_many(%d)+%s%s" % (batch, "ack_many" if ack_many else "ack", "" if copy else "+memoryview")
     else:
         batch = 0
