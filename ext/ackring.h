@@ -236,6 +236,11 @@ int ar_abort(ar_reservation *r);
 int ar_get(ar_client *c, ar_delivery *d, uint64_t deadline_ns);
 /* Waits for the first message only, then takes what is ready, up to n. */
 int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline_ns, size_t *got);
+/* After copying d's body out of the mapping: AR_OK if the delivery was still
+ * this consumer's all through the copy, AR_STALE if its lease ran out first
+ * (the copy may hold another message's bytes: discard it).  drop=1 also
+ * gives the stale delivery up (settled, no longer counted against prefetch). */
+int ar_intact(ar_delivery *d, int drop);
 int ar_settle(ar_delivery *d, int how); /* AR_ACK, AR_REQUEUE, AR_REJECT */
 /* Settle a batch (pointers to deliveries of one consumer): every item is
  * checked first (wrong client, settled, forked, repeated) and nothing is
@@ -260,7 +265,7 @@ int ar_purge(ar_client *c, uint64_t *n);
  * (also from ACKRING_TEST_STOP_AT).  Points: alloc_popped, put_writing,
  * publish_ready, get_popped, get_taken, ack_freed, nack_ready, dlq_dying,
  * dlq_copied, reclaim_locked, register_locked, lease_taken, extend_read,
- * sync_leader.  One predictable branch per site when off. */
+ * sync_leader, get_leased.  One predictable branch per site when off. */
 int ar_set_test_hook(const char *point);
 /* Test hook for durable queues: before each fdatasync, copy the file to
  * dir/snap-<n> (the state that sync makes durable).  NULL turns it off. */

@@ -20,7 +20,7 @@
 int ar_hook = H_OFF;
 static const char *const hook_names[H_COUNT] = {
     "", "alloc_popped", "put_writing", "publish_ready", "get_popped", "get_taken", "ack_freed", "nack_ready",
-    "dlq_dying", "dlq_copied", "reclaim_locked", "register_locked", "lease_taken", "extend_read", "sync_leader"};
+    "dlq_dying", "dlq_copied", "reclaim_locked", "register_locked", "lease_taken", "extend_read", "sync_leader", "get_leased"};
 
 void ar_hook_hit(int point) {
     (void)point;
@@ -401,6 +401,7 @@ static int try_get(ar_client *c, ar_delivery *d) {
         if (rc == AR_OK) {
             d->client = c;
             d->fork_gen = ar_fork_gen;
+            HOOK(H_GET_LEASED); /* handed out, body not yet copied: ar_intact's window */
         }
         return rc;
     }
@@ -496,6 +497,31 @@ int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size
     }
     client_leave(c);
     return rc;
+}
+
+/* After the binding copied a delivery's body out of the slot: was the
+ * delivery still ours all through the copy?  A lease can run out before the
+ * copy is made (the process was stopped or descheduled past ack_timeout):
+ * the scan takes the message back (T9), another consumer may ack it and a
+ * producer reuse the slot, so the bytes copied may be another message's.
+ * Seqlock reader: the copy's loads, an acquire fence, then the word; every
+ * writer of a payload first moves the word away from ours (T1 in alloc_slot,
+ * with its release fence).  drop: a stale delivery is given up here (settled
+ * locally, no longer outstanding) and the caller looks again. */
+int ar_intact(ar_delivery *d, int drop) {
+    ar_client *c = d->client;
+    if (!c)
+        return AR_INVAL;
+    if (d->flags & AR_D_SETTLED)
+        return AR_SETTLED;
+    FENCE(ACQ);
+    if (LOAD(&slot_at(c->q, d->index)->word, RLX) == d->word)
+        return AR_OK;
+    if (drop) {
+        d->flags |= AR_D_SETTLED;
+        FADD(&c->outstanding, -1, RLX); /* the scan counted it (lease_expired) */
+    }
+    return AR_STALE;
 }
 
 /* ------------------------------------------------------------------ settle */

@@ -603,6 +603,30 @@ def hook_child(qname, point, action, conn):
             except ackring.StaleDelivery:
                 conn.send(("raised", "StaleDelivery"))
                 os._exit(6)
+        elif action in ("leased_get", "leased_get_many", "leased_get_lazy", "leased_get_view"):
+            # a 0.3 s lease that runs out while this process is stopped
+            # between the take and the copy of the body (hook get_leased)
+            c = q.consumer(ack_timeout=0.3)
+            conn.send(("ready", os.getpid(), None))
+            set_test_hook(point)
+            try:
+                if action == "leased_get":
+                    ms = [c.get(timeout=5)]
+                elif action == "leased_get_many":
+                    ms = c.get_many(4, timeout=5)
+                else:
+                    m = c.get(timeout=5, copy=False)
+                    set_test_hook("")
+                    ms = [m]
+                    if action == "leased_get_view":
+                        seen = bytes(m.view())       # the view, then extend: the README's rule
+                        m.extend(1)
+                        ms = []
+                        info = [(m.id, seen, m.delivery_count)]
+                if ms:
+                    info = [(m.id, m.body, m.delivery_count) for m in ms]
+            except ackring.StaleDelivery:
+                info = "StaleDelivery"
         elif action == "reclaim":
             conn.send(("ready", os.getpid(), None))
             set_test_hook(point)

@@ -177,7 +177,27 @@ def producer_main(qname, slot, block, ledger, sh, seed, errdir, qdir):
     os._exit(0)
 
 
-def _inspect(m, ledger, sh, errdir, copy):
+def _still_ours(m, lease):
+    """Under ack leases: is this delivery still ours (its lease not run out
+    and taken back)?  extend() succeeds only if the slot's word is still the
+    one we took, so what we read before it was read while we held it."""
+    try:
+        m.extend(lease)
+        return True
+    except ackring.StaleDelivery:
+        return False
+
+
+def _inspect(m, ledger, sh, errdir, copy, lease=None):
+    """Check the body and record the delivery in the ledger.
+
+    With leases a slow worker's delivery can be taken back at any moment,
+    and another consumer may get, ack and record it before this one has
+    read the ledger: a late reader would then see ACKED (or SEEN) and flag a
+    false duplicate, and a zero-copy view may by then show the slot's next
+    message.  So what was read is judged only if the delivery was still ours
+    after reading it; otherwise nothing is recorded (its redelivery is) and
+    its ack below is refused as stale."""
     if copy:
         b = m.body
     else:
@@ -185,6 +205,8 @@ def _inspect(m, ledger, sh, errdir, copy):
             b = bytes(v)
     n = number_of(b) if len(b) >= 8 else -1
     if len(b) != SIZE or not 0 <= n < ledger.size or b != body_of(n):
+        if lease is not None and not copy and not _still_ours(m, lease):
+            return -1   # a view of a slot taken back under us (copies are checked by get)
         sh.bad[0] += 1
         _report(errdir, "body", "message %d: bad body %r" % (m.id, b))
         return -1
@@ -195,12 +217,14 @@ def _inspect(m, ledger, sh, errdir, copy):
         v |= DUP
     if m.redelivered:
         v |= REDELIVERED
+    if lease is not None and not _still_ours(m, lease):
+        return -1
     ledger.cons_set(n, v | SEEN)
     ledger.cid_set(n, m.id)
     return n
 
 
-def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, leases=False):
+def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, lease=None):
     """One get / inspect / settle round; returns the number of deliveries.
     Used by the consumer workers and by the parent's final drain."""
     r = rng.random()
@@ -215,7 +239,7 @@ def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, leases=False):
             ms = [c.get(timeout=timeout, copy=False)]
     except ackring.Empty:
         return 0
-    nums = [_inspect(m, ledger, sh, errdir, copy) for m in ms]   # recorded BEFORE settling
+    nums = [_inspect(m, ledger, sh, errdir, copy, lease) for m in ms]   # recorded BEFORE settling
     keep = []
     for m, n in zip(ms, nums):
         if rng.random() < 0.01:
@@ -231,7 +255,7 @@ def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, leases=False):
             for m, _ in keep:
                 m.ack()
     except ackring.StaleDelivery as e:
-        if not leases:
+        if lease is None:
             sh.errors[0] += 1
             _report(errdir, "stale", "live consumer's delivery went stale: %r" % (e,))
             return len(ms)
@@ -255,7 +279,7 @@ def consumer_main(qname, slot, ledger, sh, seed, errdir, qdir, lease=None):
         q = ackring.open(qname)
         c = q.consumer(ack_timeout=lease)
         while not sh.stop[1]:
-            sh.cprog[slot] += consume_once(c, rng, ledger, sh, errdir, leases=lease is not None)
+            sh.cprog[slot] += consume_once(c, rng, ledger, sh, errdir, lease=lease)
         c.close()
         q.close()
     except BaseException:
@@ -498,7 +522,7 @@ def run(seconds, producers=2, consumers=2, capacity=16, kill_interval=(0.05, 0.5
         else:
             c = q.consumer()
             drng = random.Random(seed + 1)
-            while consume_once(c, drng, ledger, sh, errdir, timeout=0.3, leases=lease is not None):
+            while consume_once(c, drng, ledger, sh, errdir, timeout=0.3, lease=lease):
                 pass
             c.close()
         q.reclaim()

@@ -443,6 +443,64 @@ def test_lease_scanner_killed_after_taking_the_lease(procs, make_queue):
     m2.ack()
 
 
+def _continue_until_reported(child, conn, timeout=20):
+    """SIGCONT a hook child (again each time it stops at its hook anew)
+    until it reports; returns its report."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.02):
+        assert time.monotonic() < deadline, "hook child never reported"
+        try:
+            if psutil.Process(child.pid).status() == psutil.STATUS_STOPPED:
+                os.kill(child.pid, signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            assert conn.poll(1), "hook child died without a report (exit %r)" % child.exitcode
+    return conn.recv()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("action", ["leased_get", "leased_get_many", "leased_get_lazy", "leased_get_view"])
+def test_lease_that_runs_out_before_the_copy_never_shows_another_body(procs, make_queue, action):
+    """Issue 13 item 9, the duplicate after ack: a consumer stopped between
+    the take and the copy of the body, past its lease.  Meanwhile the scan
+    takes the message back, another consumer gets and acks it, and a
+    producer reuses its slot.  The stopped get must not hand out the new
+    occupant's bytes under the old delivery (that was the "delivered again
+    after ack" of the chaos run): get/get_many look again, a lazy body
+    raises StaleDelivery, and a view read then checked with extend() (the
+    README's rule for views under a lease) raises StaleDelivery.  Every
+    body the child reports is the one its id was published with."""
+    q = make_queue(capacity=2, message_size=64, watchdog=None)
+    p = q.producer()
+    bodies = {}
+    first = p.put(b"first", timeout=1)
+    bodies[first] = b"first"
+    child, _info, conn = stop_child_at(procs, q.name, "get_leased", action, with_conn=True)
+    _wait_for(lambda: q.reclaim() == 1, 10, "the lease scan to take the delivery back")
+    c = q.consumer()
+    m = c.get(timeout=1)
+    assert (m.id, m.body, m.delivery_count) == (first, b"first", 2)
+    m.ack()
+    # publish until the first message's slot holds another message
+    k = 0
+    while True:
+        mid = p.put(b"reuse-%d" % k, timeout=1)
+        bodies[mid] = b"reuse-%d" % k
+        if mid % 2 == first % 2:
+            break
+        k += 1
+        assert k < 4, "the slot was never reused"
+    tag, info = _continue_until_reported(child, conn)
+    assert tag == "returned", info
+    if action in ("leased_get_lazy", "leased_get_view"):
+        assert info == "StaleDelivery"
+    else:
+        assert info, info
+        for mid, body, count in info:
+            assert bodies.get(mid) == body, (mid, body, bodies)
+            assert mid != first
+    child.join(10)
+
+
 # ------------------------------------------------------------ watchdog
 
 def _hold(procs, q, n):

@@ -46,6 +46,7 @@ _now_ns = lib.ar_now_ns
 _ar_put = lib.ar_put
 _ar_get = lib.ar_get
 _ar_settle = lib.ar_settle
+_ar_intact = lib.ar_intact
 _new = ffi.new
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 _buffer = ffi.buffer
@@ -594,14 +595,24 @@ class Consumer(_Client):
     def get(self, timeout=None, copy=True):
         """Receive one message (see the Cython backend)."""
         d = _new_uncleared(_T_DELIVERY)
-        self._get(d, _deadline(timeout))
+        deadline = _deadline(timeout)
+        while True:
+            self._get(d, deadline)
+            if not copy:
+                body = None
+                break
+            body = bytes(_buffer(d.data, d.len))
+            # its lease ran out before the copy was made: not ours, look again
+            if _ar_intact(d, 1) == AR_OK:
+                break
         m = object.__new__(Message)
         m._d, m._consumer, m._keep = d, self, None
-        m._body = bytes(_buffer(d.data, d.len)) if copy else None
+        m._body = body
         return m
 
-    def _take(self, n, timeout):
-        deadline = _deadline(timeout)
+    def _take(self, n, timeout, deadline=None):
+        if deadline is None:
+            deadline = _deadline(timeout)
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError("n must be an int")
         if n < 1:
@@ -619,15 +630,23 @@ class Consumer(_Client):
         return ds, got[0]
 
     def get_many(self, n, timeout=None, copy=True):
-        ds, got = self._take(n, timeout)
-        out = []
-        for i in range(got):
-            m = object.__new__(Message)
-            d = ffi.addressof(ds, i)
-            m._d, m._consumer, m._keep = d, self, ds
-            m._body = bytes(_buffer(d.data, d.len)) if copy else None
-            out.append(m)
-        return out
+        deadline = _deadline(timeout)
+        while True:
+            ds, got = self._take(n, timeout, deadline)
+            out = []
+            for i in range(got):
+                d = ffi.addressof(ds, i)
+                body = None
+                if copy:
+                    body = bytes(_buffer(d.data, d.len))
+                    # its lease ran out before the copy was made: dropped
+                    if _ar_intact(d, 1) != AR_OK:
+                        continue
+                m = object.__new__(Message)
+                m._d, m._consumer, m._keep, m._body = d, self, ds, body
+                out.append(m)
+            if out:
+                return out
 
     def get_batch(self, n, timeout=None):
         ds, got = self._take(n, timeout)
@@ -686,7 +705,11 @@ class Message:
             if self._d.flags & AR_D_SETTLED:
                 raise E.AlreadySettled("message %d was settled before its body was read; "
                                        "use get(copy=True)" % self._d.id)
-            self._body = bytes(_buffer(self._d.data, self._d.len))
+            body = bytes(_buffer(self._d.data, self._d.len))
+            if _ar_intact(self._d, 0) != AR_OK:
+                raise E.StaleDelivery("message %d was taken back (its ack lease ran out) before "
+                                      "its body was read" % self._d.id)
+            self._body = body
         return self._body
 
     obj = property(lambda self: S.load_obj(self), doc="The object a put_obj stored (see the Cython backend).")
@@ -783,7 +806,11 @@ class Batch:
 
     def __getitem__(self, i):
         d = self._index(i)
-        return bytes(_buffer(d.data, d.len))
+        body = bytes(_buffer(d.data, d.len))
+        if _ar_intact(d, 0) != AR_OK:
+            raise E.StaleDelivery("message %d of the batch was taken back (its ack lease ran out) "
+                                  "before its body was read" % d.id)
+        return body
 
     def _hold(self, _ptr):
         pass

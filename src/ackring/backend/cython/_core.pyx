@@ -142,6 +142,7 @@ cdef extern from "ackring.h" nogil:
     int ar_abort(ar_reservation *r)
     int ar_get(ar_client *c, ar_delivery *d, uint64_t deadline)
     int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size_t *got)
+    int ar_intact(ar_delivery *d, int drop)
     int ar_settle(ar_delivery *d, int how)
     int ar_settle_many(ar_client *c, ar_delivery **ds, size_t n, int how, int *rcs, size_t *bad)
     int ar_extend(ar_delivery *d, uint64_t lease_ns)
@@ -838,10 +839,16 @@ cdef class Consumer(_Client):
         up to ``timeout`` seconds (None: no limit), then raises ackring.Empty.
         With copy=False read the body through ``m.view()`` before settling."""
         cdef Message m = Message.__new__(Message)
-        self._get(&m.d, _deadline(timeout))
-        m.consumer = self
-        if copy:
+        cdef uint64_t deadline = _deadline(timeout)
+        while True:
+            self._get(&m.d, deadline)
+            if not copy:
+                break
             m._body = _copy_out(m.d.data, m.d.len)
+            # its lease ran out before the copy was made: not ours, look again
+            if ar_intact(&m.d, 1) == AR_OK:
+                break
+        m.consumer = self
         return m
 
     def get_many(self, Py_ssize_t n, timeout=None, bint copy=True):
@@ -858,25 +865,30 @@ cdef class Consumer(_Client):
         if ds == NULL:
             raise MemoryError()
         try:
-            rc = ar_get_many(self.c, ds, n, 0, &got)
-            if rc == AR_EMPTY and deadline != 0:
-                while True:
-                    with nogil:
-                        rc = ar_get_many(self.c, ds, n, deadline, &got)
-                    if rc != AR_AGAIN:
-                        break
-                    self.blocked()
-            if rc != AR_OK:
-                raise _error(rc, "get from queue %r" % (self.queue_name,))
-            out = []
-            for i in range(got):
-                m = Message.__new__(Message)
-                m.d = ds[i]
-                m.consumer = self
-                if copy:
-                    m._body = _copy_out(ds[i].data, ds[i].len)
-                out.append(m)
-            return out
+            while True:
+                rc = ar_get_many(self.c, ds, n, 0, &got)
+                if rc == AR_EMPTY and deadline != 0:
+                    while True:
+                        with nogil:
+                            rc = ar_get_many(self.c, ds, n, deadline, &got)
+                        if rc != AR_AGAIN:
+                            break
+                        self.blocked()
+                if rc != AR_OK:
+                    raise _error(rc, "get from queue %r" % (self.queue_name,))
+                out = []
+                for i in range(got):
+                    m = Message.__new__(Message)
+                    m.d = ds[i]
+                    if copy:
+                        m._body = _copy_out(ds[i].data, ds[i].len)
+                        # its lease ran out before the copy was made: dropped
+                        if ar_intact(&m.d, 1) != AR_OK:
+                            continue
+                    m.consumer = self
+                    out.append(m)
+                if out:
+                    return out
         finally:
             PyMem_Free(ds)
 
@@ -1009,7 +1021,11 @@ cdef class Message:
                 if self.d.flags & AR_D_SETTLED:
                     raise E.AlreadySettled("message %d was settled before its body was read; "
                                            "use get(copy=True)" % self.d.id)
-                self._body = _copy_out(self.d.data, self.d.len)
+                body = _copy_out(self.d.data, self.d.len)
+                if ar_intact(&self.d, 0) != AR_OK:
+                    raise E.StaleDelivery("message %d was taken back (its ack lease ran out) before "
+                                          "its body was read" % self.d.id)
+                self._body = body
             return self._body
 
     property obj:
@@ -1122,9 +1138,17 @@ cdef class Batch:
             raise E.AlreadySettled("the batch was settled; its slots may hold other messages")
         return i
 
+    cdef int _intact(self, size_t i) except -1:
+        if ar_intact(&self.ds[i], 0) != AR_OK:
+            raise E.StaleDelivery("message %d of the batch was taken back (its ack lease ran out) "
+                                  "before its body was read" % self.ds[i].id)
+        return 0
+
     def __getitem__(self, Py_ssize_t i):
         i = self._index(i)
-        return _copy_out(self.ds[i].data, self.ds[i].len)
+        body = _copy_out(self.ds[i].data, self.ds[i].len)
+        self._intact(i)
+        return body
 
     def view(self, Py_ssize_t i):
         """A read-only zero-copy view of message i (valid until settled)."""
@@ -1172,6 +1196,8 @@ cdef class Batch:
                 off += k
             memcpy(dst + off, self.ds[i].data, self.ds[i].len)
             off += self.ds[i].len
+        for i in range(self.n):
+            self._intact(i)
         return out
 
     cdef int _settle(self, int how) except -1:
