@@ -47,14 +47,12 @@ def test_torture_one_message_held_for_the_whole_run_and_stops(ackring_dir):
 
 
 @pytest.mark.timeout(160)
-@pytest.mark.xfail(strict=False,
-                   reason="known open defect (issue 13 item 9): about one 10 s run in three (both backends) "
-                          "sees a few messages delivered again after their ack returned OK under 0.05 s "
-                          "leases with SIGSTOPs (seeds 234761971, 159350862, 266929099); the 30-min soak "
-                          "with 2 s leases showed none. Run strictly: pytest --runxfail tests/test_torture.py -k leases")
 def test_torture_with_ack_leases(ackring_dir):
     """Kills and stops under 0.05 s ack leases: slow deliveries are taken
-    back, and no message is ever delivered again after its ack returned."""
+    back, and no message is ever delivered again after its ack returned.
+    (Issue 13 item 9: about one run in three failed here until a get
+    checked its copy against a lease that ran out before it was made;
+    tests/test_recovery.py has the deterministic form.)"""
     r = _torture.run(10.0, producers=2, consumers=2, capacity=16, qdir=ackring_dir, lease=0.05, stops=True)
     _check(r, 10.0)
 
