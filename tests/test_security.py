@@ -111,6 +111,13 @@ def test_foreign_segment_is_refused_unless_trusted(shared_dir):
         m = q.consumer().get(timeout=1)
         assert m.body == b"planted"
         m.ack()
+    # create(exist_ok) takes the same explicit trust, and still checks settings
+    with pytest.raises(ackring.IncompatibleQueue):
+        ackring.create("jobs", capacity=8, exist_ok=True, dir=shared_dir, watchdog=None,
+                       trust_uids=[_nobody().pw_uid])
+    with ackring.create("jobs", capacity=4, message_size=32, exist_ok=True, dir=shared_dir, watchdog=None,
+                        trust_uids=[_nobody().pw_uid]) as q:
+        assert q.stats()["depth"] == 0
 
 
 @needs_root

@@ -419,7 +419,7 @@ def _durability(durability, durable):
 def create(name=None, capacity=_UNSET, message_size=_UNSET, *, exist_ok=False, mode=0o600, max_clients=256,
            max_deliveries=_UNSET, ttl=_UNSET, ack_timeout=_UNSET, dead_letter_capacity=_UNSET,
            durability=_UNSET, durable=None, checksum=False, path=None, dir=None,
-           watchdog=DEFAULT_WATCHDOG_INTERVAL):
+           watchdog=DEFAULT_WATCHDOG_INTERVAL, trust_uids=()):
     """Create queue `name` holding up to `capacity` unsettled messages (a
     power of two, default 1024) of up to `message_size` bytes (default 4096),
     and its dead-letter queue `name.dlq`.
@@ -441,13 +441,15 @@ def create(name=None, capacity=_UNSET, message_size=_UNSET, *, exist_ok=False, m
 
     FileExistsError if it exists, unless exist_ok=True, which opens it; then
     any setting given here that differs from the queue's raises
-    IncompatibleQueue naming it."""
+    IncompatibleQueue naming it, and the existing queue must be this user's
+    own unless its owner is in ``trust_uids`` (as for open)."""
     asked = {k: v for k, v in (("capacity", capacity), ("message_size", message_size),
                                 ("max_deliveries", max_deliveries), ("ttl", ttl), ("ack_timeout", ack_timeout),
                                 ("dead_letter_capacity", dead_letter_capacity)) if v is not _UNSET}
     durability = _durability(durability, durable)
     if durability is not _UNSET:
         asked["durability"] = durability
+    _trust(trust_uids)  # checked before anything is made
     name, qpath = _locate(name, path, dir, creating=True)
     capacity = _check_capacity(1024 if capacity is _UNSET else capacity)
     dlq_capacity = capacity if dead_letter_capacity in (_UNSET, None) else _check_capacity(
@@ -490,7 +492,7 @@ def create(name=None, capacity=_UNSET, message_size=_UNSET, *, exist_ok=False, m
         q = Queue(seg, watchdog)
         q._dead_letters = Queue(dlq, watchdog=None)
         return q
-    q = open(name, path=qpath, watchdog=watchdog)
+    q = open(name, path=qpath, watchdog=watchdog, trust_uids=trust_uids)
     try:
         _check_existing(q, asked)
     except BaseException:
