@@ -14,6 +14,9 @@ Environment switches, read at build time, for both extensions:
 
 ``ACKRING_DEBUG=1``
     ``-O0 -g -DACKRING_DEBUG=1`` and Cython bounds/wraparound checks on.
+``ACKRING_PROFILE=1``
+    the release build (``-O2``) with debug info and symbols kept, for
+    ``perf`` and ``valgrind --tool=callgrind``.
 ``ACKRING_SANITIZE=1`` (or a sanitizer list such as ``address,undefined``)
     ``-fsanitize=... -fno-omit-frame-pointer`` on compile and link.  An
     ASan-built extension has to be run with the sanitizer runtime preloaded,
@@ -80,7 +83,7 @@ directives = {
     "cdivision": not DEBUG,
 }
 
-BUILD_MODE = "debug=%d sanitize=%s" % (DEBUG, SANITIZE or "-")
+BUILD_MODE = "debug=%d sanitize=%s profile=%s" % (DEBUG, SANITIZE or "-", os.environ.get("ACKRING_PROFILE", "-"))
 
 
 class BuildExt(build_ext):

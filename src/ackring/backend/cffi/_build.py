@@ -51,6 +51,9 @@ def build_flags():
     if debug:
         compile_args += ["-O0", "-g", "-UNDEBUG"]  # CPython's CFLAGS carry -DNDEBUG: keep assert() on
         define_macros.append(("ACKRING_DEBUG", "1"))
+    elif _flag("ACKRING_PROFILE"):
+        # release code with debug info and symbols, for perf and callgrind
+        compile_args += ["-O2", "-g"]
     else:
         # release: -O2, no debug info (-g0 overrides the -g in Python's own
         # CFLAGS), symbols stripped at link time
