@@ -149,6 +149,8 @@ def test_wide_paired_ratio_is_not_judged():
     out, _ = build(runs)
     q = by_target(out, "SPSC 64 B, ackring/mp.Queue")
     assert q["status"] == report.NOT_JUDGED and q["status_as_measured"] == "missed"
+    assert q["loaded_reasons"] == ["paired ratios spread %.0f%% > %.0f%%"
+                                   % (report.spread_pct([20.0, 10.0, 15.0]), report.SPREAD_MAX_PCT)]
 
 
 def test_without_cpu_samples_the_load_average_decides():

@@ -98,11 +98,11 @@ def spread_pct(xs: Sequence[float]) -> Optional[float]:
 
 
 def loaded_reasons(spread: Optional[float], others: Optional[float],
-                   load: Optional[Dict[str, Any]] = None) -> List[str]:
+                   load: Optional[Dict[str, Any]] = None, what: str = "runs") -> List[str]:
     """Why a figure is not judged: [] when it may be."""
     out = []
     if spread is not None and spread > SPREAD_MAX_PCT:
-        out.append("runs spread %.0f%% > %.0f%%" % (spread, SPREAD_MAX_PCT))
+        out.append("%s spread %.0f%% > %.0f%%" % (what, spread, SPREAD_MAX_PCT))
     if others is not None:
         if others > OTHERS_CPU_MAX_PCT:
             out.append("others used %.0f%% CPU > %.0f%%" % (others, OTHERS_CPU_MAX_PCT))
@@ -245,7 +245,7 @@ def targets(summary: Dict[str, List[Dict[str, Any]]], batch: int, zero_copy: boo
             r["ackring_over_peer"] if r and r.get("ackring_over_peer") else None,
             "needs --mode spsc --sizes 64 with ackring and %s" % peer,
             # a ratio paired per repeat holds under load; only its own spread counts
-            reasons=loaded_reasons(r.get("ratio_spread_pct") if r else None, None))
+            reasons=loaded_reasons(r.get("ratio_spread_pct") if r else None, None, what="paired ratios"))
     a4k = thr.get(("spsc", 4096, "ackring"))
     add("SPSC 4 KiB >= 1,000,000 msg/s", 1e6, "msg/s", True, a4k["msg_per_s"] if a4k else None,
         "needs --mode spsc --sizes 4096", reasons=why(a4k))
