@@ -174,7 +174,8 @@ class CpuSample:
         if not fields or fields[0] != "cpu" or len(fields) < 5:
             return None
         # user nice system idle iowait irq softirq steal [guest guest_nice]
-        # (guest time is already counted in user and nice)
+        # (guest time is already counted in user and nice; steal, CPU time
+        # the hypervisor gave to other guests, counts as busy: it is load too)
         v = [int(x) for x in fields[1:9]]
         v += [0] * (8 - len(v))
         hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
@@ -191,14 +192,6 @@ class CpuSample:
             return None
         others = (b.busy - a.busy) - (b.own - a.own)
         return max(0.0, others), b.total - a.total
-
-
-def loadavg1() -> Optional[float]:
-    """The 1-minute load average, or None."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def _loadavg() -> Optional[str]:
