@@ -108,6 +108,8 @@ def test_loaded_machine_targets_not_judged_and_ratios_first():
     # the paired ratios spread little (3.0/1.0/2.9 against 1.0/0.34/0.97 x 1e5): they are judged
     q = by_target(out, "SPSC 64 B, ackring/mp.Queue")
     assert q["status"] == "met" and q["judged"] is True
+    qrow = [r for r in out["results"]["throughput"] if r["peer"] == "mp.Queue"][0]
+    assert q["measured"] == qrow["ackring_over_peer_paired"]    # the figure the ratios table shows
     z = by_target(out, "SPSC 64 B, ackring/pyzmq")
     assert z["status"] == "met" and z["judged"] is True
     assert out["load"]["loaded"] and out["load"]["others_cpu_pct"] == pytest.approx(60.0)
