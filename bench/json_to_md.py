@@ -69,8 +69,11 @@ if __name__ == "__main__":
         with open(path) as f:
             out = json.load(f)
         m = out["machine"]
-        print("<!-- %s: load average %s at start, %s at end -->" % (path, m.get("loadavg_at_start"),
-                                                                  m.get("loadavg_at_end")))
+        load = out.get("load") or {}
+        others = load.get("others_cpu_pct")
+        print("<!-- %s: load average %s at start, %s at end%s -->" % (
+            path, m.get("loadavg_at_start"), m.get("loadavg_at_end"),
+            "" if others is None else "; other processes used %.0f%% of the CPU time" % others))
         print(tables(out))
         print(targets(out))
         for note in out["notes"]:

@@ -10,8 +10,9 @@
 for ackring (every message acked) next to multiprocessing.Queue and, when
 importable (``pip install 'ackring[bench]'``), multiprocessing.Pipe,
 faster-fifo, pyzmq and posix_ipc, measured in the same run; it prints
-ackring/peer ratios and the project's performance targets next to the
-measured medians.  With no arguments it runs a short SPSC 64 B + 4 KiB
+ackring/peer ratios first, then the measured medians with their spread
+and the machine's load, and the project's performance targets (not judged
+when the machine was too loaded to tell).  With no arguments it runs a short SPSC 64 B + 4 KiB
 throughput and 64 B latency comparison.
 """
 
@@ -116,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Throughput (SPSC: 1 producer + 1 consumer process; MPMC: 2 + 2) and ping-pong round-trip\n"
             "latency for ackring (every message acked) next to multiprocessing.Queue, and multiprocessing.Pipe,\n"
             "faster-fifo, pyzmq and posix_ipc when importable (pip install 'ackring[bench]').\n"
-            "Each figure is the median over --repeat runs; peers are interleaved per repeat.\n"
+            "Each figure is the median over --repeat runs; peers are interleaved per repeat. The ratios\n"
+            "against the peers (paired per repeat) come first; each figure shows its spread over the repeats\n"
+            "and the CPU time other processes used meanwhile, and a target resting on a figure with a wide\n"
+            "spread or a busy machine is 'not judged (machine loaded)' (thresholds printed with the results).\n"
             "Throughput = messages / (time from all processes ready to the last message taken)."
         ),
         epilog=(

@@ -6,7 +6,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 MiB = 1 << 20
 
@@ -148,6 +148,50 @@ def machine_info(start_method: str) -> dict:
         "ackring_dir": os.environ.get("ACKRING_DIR") or "/dev/shm",
         "loadavg_at_start": _loadavg(),
     }
+
+
+class CpuSample:
+    """A /proc/stat snapshot of the whole machine's CPU time, next to this
+    process's own CPU time and that of its reaped children (os.times()).
+
+    ``others_busy(a, b)`` is the share of the machine's CPU time between the
+    two snapshots that went to processes other than this one and its
+    children: busy time system-wide minus our own.  The children must have
+    been reaped (joined) before ``b`` is taken, which the harness does."""
+
+    __slots__ = ("busy", "total", "own")
+
+    def __init__(self, busy: float, total: float, own: float) -> None:
+        self.busy, self.total, self.own = busy, total, own
+
+    @staticmethod
+    def take() -> Optional["CpuSample"]:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu" or len(fields) < 5:
+            return None
+        # user nice system idle iowait irq softirq steal [guest guest_nice]
+        # (guest time is already counted in user and nice; steal, CPU time
+        # the hypervisor gave to other guests, counts as busy: it is load too)
+        v = [int(x) for x in fields[1:9]]
+        v += [0] * (8 - len(v))
+        hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        idle = v[3] + v[4]
+        total = sum(v[:8])
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return CpuSample((total - idle) / hz, total / hz, own)
+
+    @staticmethod
+    def others_busy(a: Optional["CpuSample"], b: Optional["CpuSample"]) -> Optional[Tuple[float, float]]:
+        """(CPU seconds others used, CPU seconds the machine had) between a and b."""
+        if a is None or b is None or b.total <= a.total:
+            return None
+        others = (b.busy - a.busy) - (b.own - a.own)
+        return max(0.0, others), b.total - a.total
 
 
 def _loadavg() -> Optional[str]:

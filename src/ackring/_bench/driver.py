@@ -8,7 +8,7 @@ import sys
 from typing import Any, Dict, List, Tuple
 
 from . import harness, report
-from .common import BenchError, Params, Skip, fmt_size, machine_info, usable_cpus
+from .common import BenchError, CpuSample, Params, Skip, fmt_size, machine_info, usable_cpus
 from .peers import LATENCY, MPMC, PEERS, SPSC, Peer
 from .progress import Progress
 
@@ -146,7 +146,11 @@ def run_bench(args: argparse.Namespace) -> int:
                 )
                 progress.describe(label)
                 try:
+                    # CPU time the rest of the machine used during this run
+                    # (ours and our reaped children's taken out): the load.
+                    before = CpuSample.take()
                     got = harness.run_job(ctx, peer, params)
+                    busy = CpuSample.others_busy(before, CpuSample.take())
                     if mode == LATENCY:
                         r = harness.latency(peer, params, got)
                         shown = "p50 %.1f us" % r["p50_us"]
@@ -170,6 +174,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     progress.note("ackring bench: %s failed, left out: %s" % (label, e))
                     progress.advance(text=label, result="failed")
                     continue
+                if busy is not None:
+                    r["cpu_others_s"], r["cpu_total_s"] = busy
                 runs[key].append(r)
                 progress.advance(text=label, result=shown)
                 # --duration: later repeats move fewer messages if this one ran long.
@@ -220,8 +226,11 @@ def run_bench(args: argparse.Namespace) -> int:
         if not hasattr(ackring.Consumer, "ack_many"):
             notes.append("--batch: this ackring has no Consumer.ack_many(); each message of a batch was acked")
 
-    summary = report.summarize(runs, [p.name for p in peers])
     info["loadavg_at_end"] = machine_info(method)["loadavg_at_start"]
+    load = report.machine_load(info, runs)
+    summary = report.summarize(runs, [p.name for p in peers], load)
+    tgs = report.targets(summary, args.batch, args.zero_copy)
+    load["targets_not_judged"] = sum(1 for t in tgs if t["status"] == report.NOT_JUDGED)
     out = {
         "machine": info,
         "params": {
@@ -246,7 +255,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "statistic": "median over repeats",
         "peers": {p.name: p.description for p in peers},
         "results": summary,
-        "targets": report.targets(summary, args.batch, args.zero_copy),
+        "targets": tgs,
+        "load": load,
         "notes": notes,
         "peer_failures": peer_failures,
     }
