@@ -265,6 +265,13 @@ int ar_set_test_hook(const char *point);
 /* Test hook for durable queues: before each fdatasync, copy the file to
  * dir/snap-<n> (the state that sync makes durable).  NULL turns it off. */
 int ar_set_sync_snapshots(const char *dir);
+/* Test counters of this process (tests, bench/futex_hog.py), relaxed: the
+ * FUTEX_WAIT and FUTEX_WAKE system calls wait.c made, always counted. */
+void ar_futex_counts(uint64_t *waits, uint64_t *wakes);
+/* Test counter: ring cells ring takes (get, get_many) looked at, counted only
+ * while enabled (one predictable branch per cell when off).  enable: 1 on,
+ * 0 off, -1 unchanged; returns the count so far. */
+uint64_t ar_ring_probes(int enable);
 uint64_t ar_now_ns(void); /* CLOCK_MONOTONIC */
 const char *ar_status_name(int rc);
 
