@@ -15,10 +15,10 @@ Counts, not timings: futex system calls come from the core's test counter
 cells looked at (ackring.backend.ring_probes()).
 """
 
+import functools
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -55,6 +55,7 @@ def _slot_rows(q):
 
 # ------------------------------------------------------------ finding 2
 
+@functools.lru_cache(maxsize=None)
 def _backend_available(name):
     r = subprocess.run([sys.executable, "-c", "import ackring.backend"], env=dict(os.environ, ACKRING_BACKEND=name),
                        capture_output=True, timeout=60)
@@ -166,11 +167,6 @@ def test_finding3_no_futex_wake_storm(procs, make_queue):
 
 
 # ------------------------------------------------------------ finding 5
-
-def _rings(q):
-    h = q._seg.raw_header()
-    return h["head"], h["tail"]
-
 
 LAP = 8  # capacity of the scribbled queue
 SCRIBBLES = {
@@ -330,8 +326,11 @@ def test_finding6_crash_in_a_requeue_window_keeps_gets_o1(procs, make_queue, poi
 
 # ------------------------------------------------------------ finding 7
 
+OBSERVER = 3  # entry role (_status.ROLES)
+
+
 def _observer_entries(q):
-    return [e for e in q._seg.entries() if e["role"] == 3]
+    return [e for e in q._seg.entries() if e["role"] == OBSERVER]
 
 
 def _lease_child(qname, conn):
@@ -458,7 +457,7 @@ def test_finding7_close_joins_the_watchdog_first(make_queue):
         wd = q2.watchdog
         assert wd is not None and wd.is_alive()
         t_end = time.monotonic() + 10
-        while not [e for e in q._seg.entries() if e["role"] == 3 and e["index"] not in before]:
+        while not [e for e in q._seg.entries() if e["role"] == OBSERVER and e["index"] not in before]:
             assert time.monotonic() < t_end, "the watchdog never ran a lease scan"
             time.sleep(0.001)  # poll interval of a bounded condition loop
         q2.close()
