@@ -424,6 +424,12 @@ def test_finding7_durations_out_of_range_are_refused(make_queue):
     m.extend(year)
     with pytest.raises(ValueError):
         m.extend(year + 1)
+    if sys.modules["ackring.backend"].name == "cffi":
+        # the C core's own check, under the binding's: ar_extend refuses too
+        from ackring.backend.cffi._core import lib
+        assert lib.ar_extend(m._d, lib.AR_MAX_DURATION_NS + 1) == lib.AR_INVAL
+        assert lib.ar_extend(m._d, 2 ** 64 - 1) == lib.AR_INVAL
+        assert lib.ar_extend(m._d, lib.AR_MAX_DURATION_NS) == lib.AR_OK
     m.ack()
     # a header scribbled past the range is refused at open (header_valid)
     raw = Raw(q)
