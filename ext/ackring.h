@@ -260,8 +260,11 @@ int ar_purge(ar_client *c, uint64_t *n);
  * (also from ACKRING_TEST_STOP_AT).  Points: alloc_popped, put_writing,
  * publish_ready, get_popped, get_taken, ack_freed, nack_ready, dlq_dying,
  * dlq_copied, reclaim_locked, register_locked, lease_taken, extend_read,
- * sync_leader.  One predictable branch per site when off. */
+ * sync_leader.  One predictable branch per site when off.  "pause:<point>"
+ * instead parks only the first thread to get there (the hook disarms) until
+ * ar_test_hook_paused(1); ar_test_hook_paused(0) says whether one is parked. */
 int ar_set_test_hook(const char *point);
+int ar_test_hook_paused(int release);
 /* Test hook for durable queues: before each fdatasync, copy the file to
  * dir/snap-<n> (the state that sync makes durable).  NULL turns it off. */
 int ar_set_sync_snapshots(const char *dir);

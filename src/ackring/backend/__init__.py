@@ -19,7 +19,7 @@ import os
 import platform
 
 public_api = ["Segment", "Producer", "Consumer", "Message", "Reservation", "Batch", "set_test_hook",
-              "set_sync_snapshots", "futex_counts", "ring_probes"]
+              "set_sync_snapshots", "test_hook_paused", "futex_counts", "ring_probes"]
 
 _MODULES = {"cython": "ackring.backend.cython._core", "cffi": "ackring.backend.cffi._core"}
 _BUILT = {"cython": "`pip install .` builds it on CPython (not on PyPy)",
@@ -55,6 +55,7 @@ Reservation = _backend.Reservation
 Batch = _backend.Batch
 set_test_hook = _backend.set_test_hook
 set_sync_snapshots = _backend.set_sync_snapshots
+test_hook_paused = _backend.test_hook_paused
 futex_counts = _backend.futex_counts
 ring_probes = _backend.ring_probes
 

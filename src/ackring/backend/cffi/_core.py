@@ -844,6 +844,12 @@ def set_sync_snapshots(directory):
         raise ValueError("bad snapshot directory %r" % (directory,))
 
 
+def test_hook_paused(release=False):
+    """Test-only: is a thread parked at a "pause:<point>" test hook?
+    release=True lets it go on (ar_test_hook_paused)."""
+    return bool(lib.ar_test_hook_paused(1 if release else 0))
+
+
 def futex_counts():
     """Test-only: (waits, wakes), the FUTEX_WAIT and FUTEX_WAKE system calls
     this process has made in ackring's waits and wakes (ar_futex_counts)."""

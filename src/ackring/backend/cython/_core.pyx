@@ -154,6 +154,7 @@ cdef extern from "ackring.h" nogil:
     int ar_peek_still(const ar_queue *q, const ar_peek_item *item)
     int ar_purge(ar_client *c, uint64_t *n)
     int ar_set_test_hook(const char *point)
+    int ar_test_hook_paused(int release)
     int ar_set_sync_snapshots(const char *dir)
     void ar_futex_counts(uint64_t *waits, uint64_t *wakes)
     uint64_t ar_ring_probes(int enable)
@@ -1228,6 +1229,12 @@ def set_sync_snapshots(directory):
     cdef bytes b = _os.fsencode(directory or "")
     if ar_set_sync_snapshots(b) != AR_OK:
         raise ValueError("bad snapshot directory %r" % (directory,))
+
+
+def test_hook_paused(release=False):
+    """Test-only: is a thread parked at a "pause:<point>" test hook?
+    release=True lets it go on (ar_test_hook_paused)."""
+    return bool(ar_test_hook_paused(1 if release else 0))
 
 
 def futex_counts():
