@@ -93,6 +93,60 @@ def nack_close(name, mode, seconds, max_swaps, nackers=2):
     return counts
 
 
+def nack_close_paused(name, mode):
+    """Finding 2, deterministic (cffi): a thread's nack parked inside its
+    window (hook "pause:nack_ready": the slot READY again, its index not yet
+    on the requeue ring) while this thread closes the consumer (mode
+    "consumer") or the whole queue handle ("queue"); then the nack goes on.
+    Returns what happened, and the consumer's entry as seen during the pause."""
+    from ackring.backend import set_test_hook, test_hook_paused
+    out = {}
+    watch = ackring.open(name, watchdog=None)       # a second handle, to look
+    q = ackring.open(name, watchdog=None)
+    c = q.consumer()
+    m = c.get(timeout=5)
+    out["got"] = [m.id, m.delivery_count]
+    mine = {e["index"] for e in watch._seg.entries() if e["pid"] == os.getpid()}
+
+    def nack():
+        try:
+            m.nack()
+            out["nack"] = "ok"
+        except Exception as e:
+            out["nack"] = type(e).__name__
+
+    set_test_hook("pause:nack_ready")
+    t = threading.Thread(target=nack, daemon=True)
+    t.start()
+    t_end = time.monotonic() + 10
+    while not test_hook_paused():
+        if time.monotonic() > t_end or not t.is_alive():
+            out["parked"] = False
+            test_hook_paused(release=True)
+            t.join(10)
+            return out
+        time.sleep(0.001)  # poll interval of a bounded condition loop
+    out["parked"] = True
+    t0 = time.monotonic()
+    if mode == "queue":
+        q.close()
+    else:
+        c.close()
+    out["close_s"] = time.monotonic() - t0
+    # the nack is still a call in progress: its entry must not be released yet
+    out["entries_during"] = sorted((e["index"], e["state"], e["role"]) for e in watch._seg.entries()
+                                   if e["index"] in mine or e["pid"] == os.getpid())
+    out["still_parked"] = test_hook_paused(release=True)
+    t.join(10)
+    out["nack_alive"] = t.is_alive()
+    set_test_hook(None)
+    q.close()
+    out["entries_after"] = sorted((e["index"], e["state"], e["role"]) for e in watch._seg.entries()
+                                  if e["pid"] == os.getpid())
+    watch.close()
+    return out
+
+
 # ------------------------------------------------------------ finding 3
 
 def futex_side(qname, role, n, start, conn):
@@ -153,7 +207,9 @@ def scribbled_op(qname, op, conn):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "nack_close":
+    if sys.argv[1] == "nack_close_paused":
+        print(json.dumps(nack_close_paused(sys.argv[2], sys.argv[3])), flush=True)
+    elif sys.argv[1] == "nack_close":
         name, mode, seconds, max_swaps = sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
         nackers = int(sys.argv[6]) if len(sys.argv) > 6 else 2
         print(json.dumps(nack_close(name, mode, seconds, max_swaps, nackers)), flush=True)
