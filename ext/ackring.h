@@ -269,7 +269,8 @@ int ar_test_hook_paused(int release);
  * dir/snap-<n> (the state that sync makes durable).  NULL turns it off. */
 int ar_set_sync_snapshots(const char *dir);
 /* Test counters of this process (tests, bench/futex_hog.py), relaxed: the
- * FUTEX_WAIT and FUTEX_WAKE system calls wait.c made, always counted. */
+ * FUTEX_WAIT and FUTEX_WAKE system calls wait.c made, always counted (not
+ * the group commit's in durable.c, which only file queues with sync make). */
 void ar_futex_counts(uint64_t *waits, uint64_t *wakes);
 /* Test counter: ring cells ring takes (get, get_many) looked at, counted only
  * while enabled (one predictable branch per cell when off).  enable: 1 on,
