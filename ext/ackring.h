@@ -265,11 +265,23 @@ int ar_purge(ar_client *c, uint64_t *n);
  * (also from ACKRING_TEST_STOP_AT).  Points: alloc_popped, put_writing,
  * publish_ready, get_popped, get_taken, ack_freed, nack_ready, dlq_dying,
  * dlq_copied, reclaim_locked, register_locked, lease_taken, extend_read,
- * sync_leader, get_leased.  One predictable branch per site when off. */
+ * sync_leader, get_leased.  One predictable branch per site when off.
+ * "pause:<point>" instead parks only the first thread to get there (the hook
+ * disarms) until ar_test_hook_paused(1); ar_test_hook_paused(0) says whether
+ * one is parked. */
 int ar_set_test_hook(const char *point);
+int ar_test_hook_paused(int release);
 /* Test hook for durable queues: before each fdatasync, copy the file to
  * dir/snap-<n> (the state that sync makes durable).  NULL turns it off. */
 int ar_set_sync_snapshots(const char *dir);
+/* Test counters of this process (tests, bench/futex_hog.py), relaxed: the
+ * FUTEX_WAIT and FUTEX_WAKE system calls wait.c made, always counted (not
+ * the group commit's in durable.c, which only file queues with sync make). */
+void ar_futex_counts(uint64_t *waits, uint64_t *wakes);
+/* Test counter: ring cells ring takes (get, get_many) looked at, counted only
+ * while enabled (one predictable branch per cell when off).  enable: 1 on,
+ * 0 off, -1 unchanged; returns the count so far. */
+uint64_t ar_ring_probes(int enable);
 uint64_t ar_now_ns(void); /* CLOCK_MONOTONIC */
 const char *ar_status_name(int rc);
 

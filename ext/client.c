@@ -22,9 +22,32 @@ static const char *const hook_names[H_COUNT] = {
     "", "alloc_popped", "put_writing", "publish_ready", "get_popped", "get_taken", "ack_freed", "nack_ready",
     "dlq_dying", "dlq_copied", "reclaim_locked", "register_locked", "lease_taken", "extend_read", "sync_leader", "get_leased"};
 
+/* Pause mode ("pause:<point>"): the first thread to reach the point waits
+ * there, alone (the rest of the process runs on), until
+ * ar_test_hook_paused(1) lets it go or 30 s pass; that hit disarms the hook. */
+static int hook_pause;
+static int hook_parked, hook_go;
+
 void ar_hook_hit(int point) {
-    (void)point;
-    raise(SIGSTOP);
+    if (!LOAD(&hook_pause, ACQ)) {
+        raise(SIGSTOP);
+        return;
+    }
+    int expect = point;
+    if (!CAS(&ar_hook, &expect, H_OFF, ACQREL, RLX))
+        return; /* another thread took this hit */
+    STORE(&hook_parked, 1, SEQ);
+    uint64_t until = ar_now_ns() + 30000000000ull;
+    while (!LOAD(&hook_go, ACQ) && ar_now_ns() < until)
+        usleep(100);
+    STORE(&hook_parked, 0, SEQ);
+}
+
+int ar_test_hook_paused(int release) {
+    int parked = LOAD(&hook_parked, SEQ);
+    if (release)
+        STORE(&hook_go, 1, REL);
+    return parked;
 }
 
 int ar_set_test_hook(const char *point) {
@@ -32,8 +55,13 @@ int ar_set_test_hook(const char *point) {
         ar_hook = H_OFF;
         return AR_OK;
     }
+    int pause = strncmp(point, "pause:", 6) == 0;
+    if (pause)
+        point += 6;
     for (int i = 1; i < H_COUNT; i++)
         if (strcmp(point, hook_names[i]) == 0) {
+            STORE(&hook_go, 0, RLX);
+            STORE(&hook_pause, pause, REL);
             ar_hook = i;
             return AR_OK;
         }

@@ -67,6 +67,16 @@ int ring_push(ar_queue *q, int r, uint32_t v) {
     return CORRUPT();
 }
 
+/* Test counter (ar_ring_probes): cells ring_take looked at, while enabled. */
+static int count_probes;
+static uint64_t probes;
+
+uint64_t ar_ring_probes(int enable) {
+    if (enable >= 0)
+        STORE(&count_probes, enable != 0, RLX);
+    return LOAD(&probes, RLX);
+}
+
 static inline int takeable(int r, uint64_t w) {
     return ring_for_word(w) == r;
 }
@@ -79,6 +89,8 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout) {
         uint64_t hd = LOAD(&h->head[r].pos, ACQ);
         uint64_t *cp = &cells[hd & q->mask];
         uint64_t c = LOAD(cp, ACQ); /* acquire: pairs with the push CAS (the slot is visible) */
+        if (UNLIKELY(LOAD(&count_probes, RLX)))
+            FADD(&probes, 1, RLX);
         int64_t d = seq_diff(CELL_SEQ(c), hd + 1);
         if (d == 0) {
             uint32_t v = CELL_VAL(c);

@@ -28,13 +28,26 @@
 
 uint64_t ar_spin_ns = 10000;
 
+/* Test counters (ar_futex_counts): the futex system calls this process made.
+ * Relaxed increments next to a system call cost nothing measurable. */
+static uint64_t futex_waits, futex_wakes;
+
+void ar_futex_counts(uint64_t *waits, uint64_t *wakes) {
+    *waits = LOAD(&futex_waits, RLX);
+    *wakes = LOAD(&futex_wakes, RLX);
+}
+
 static void futex_wait(uint32_t *addr, uint32_t expected, uint64_t timeout_ns) {
     struct timespec ts = {(time_t)(timeout_ns / 1000000000ull), (long)(timeout_ns % 1000000000ull)};
     /* Shared futex (not FUTEX_PRIVATE): the wakers are other processes.
      * EAGAIN (the word moved), EINTR and ETIMEDOUT all mean: re-check. */
+    FADD(&futex_waits, 1, RLX);
     syscall(SYS_futex, addr, FUTEX_WAIT, expected, &ts, NULL, 0);
 }
-static void futex_wake(uint32_t *addr) { syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }
+static void futex_wake(uint32_t *addr) {
+    FADD(&futex_wakes, 1, RLX);
+    syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
 
 void wake(ar_event *ev) {
     /* seq_cst: the waker's half of I6 (see the top of this file). */

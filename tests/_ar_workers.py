@@ -277,9 +277,12 @@ def sigint_child(qname, what, ready, conn):
 # --------------------------------------------------------------- crash safety
 
 def hold_and_hang(qname, n, conn, release):
-    """Take n deliveries without settling them, report their ids, then wait to be killed."""
+    """Take n deliveries without settling them, report their ids, then wait to be killed.
+    No watchdog: the tests count what their own reclaim() (or open) repairs,
+    and a holder's watchdog would race them, reclaiming another killed holder
+    first (seen: test_open_recovers_a_queue_whose_processes_all_died)."""
     try:
-        q = ackring.open(qname)
+        q = ackring.open(qname, watchdog=None)
         c = q.consumer()
         ids = []
         for _ in range(n):
@@ -294,7 +297,7 @@ def hold_and_hang(qname, n, conn, release):
 
 def register_and_hang(qname, role, conn, release):
     try:
-        q = ackring.open(qname)
+        q = ackring.open(qname, watchdog=None)   # no watchdog: see hold_and_hang
         client = q.producer() if role == "producer" else q.consumer()
         conn.send(("registered", os.getpid(), client.closed))
     except BaseException:

@@ -19,7 +19,7 @@ import os
 import platform
 
 public_api = ["Segment", "Producer", "Consumer", "Message", "Reservation", "Batch", "set_test_hook",
-              "set_sync_snapshots"]
+              "set_sync_snapshots", "test_hook_paused", "futex_counts", "ring_probes"]
 
 _MODULES = {"cython": "ackring.backend.cython._core", "cffi": "ackring.backend.cffi._core"}
 _BUILT = {"cython": "`pip install .` builds it on CPython (not on PyPy)",
@@ -55,5 +55,8 @@ Reservation = _backend.Reservation
 Batch = _backend.Batch
 set_test_hook = _backend.set_test_hook
 set_sync_snapshots = _backend.set_sync_snapshots
+test_hook_paused = _backend.test_hook_paused
+futex_counts = _backend.futex_counts
+ring_probes = _backend.ring_probes
 
 name = _choice

@@ -869,3 +869,23 @@ def set_sync_snapshots(directory):
     """Test-only: before each fdatasync of a file queue, copy the file to directory/snap-<n>."""
     if lib.ar_set_sync_snapshots(_os.fsencode(directory or "")) != AR_OK:
         raise ValueError("bad snapshot directory %r" % (directory,))
+
+
+def test_hook_paused(release=False):
+    """Test-only: is a thread parked at a "pause:<point>" test hook?
+    release=True lets it go on (ar_test_hook_paused)."""
+    return bool(lib.ar_test_hook_paused(1 if release else 0))
+
+
+def futex_counts():
+    """Test-only: (waits, wakes), the FUTEX_WAIT and FUTEX_WAKE system calls
+    this process has made in ackring's waits and wakes (ar_futex_counts)."""
+    waits, wakes = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    lib.ar_futex_counts(waits, wakes)
+    return int(waits[0]), int(wakes[0])
+
+
+def ring_probes(enable=None):
+    """Test-only: the ring cells this process's gets have looked at, counted
+    while enabled (ar_ring_probes).  enable=True/False turns counting on/off."""
+    return int(lib.ar_ring_probes(-1 if enable is None else (1 if enable else 0)))

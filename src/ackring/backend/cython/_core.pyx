@@ -155,7 +155,10 @@ cdef extern from "ackring.h" nogil:
     int ar_peek_still(const ar_queue *q, const ar_peek_item *item)
     int ar_purge(ar_client *c, uint64_t *n)
     int ar_set_test_hook(const char *point)
+    int ar_test_hook_paused(int release)
     int ar_set_sync_snapshots(const char *dir)
+    void ar_futex_counts(uint64_t *waits, uint64_t *wakes)
+    uint64_t ar_ring_probes(int enable)
     uint64_t ar_now_ns()
 
 # Copies at least this long run with the GIL released.
@@ -1252,3 +1255,23 @@ def set_sync_snapshots(directory):
     cdef bytes b = _os.fsencode(directory or "")
     if ar_set_sync_snapshots(b) != AR_OK:
         raise ValueError("bad snapshot directory %r" % (directory,))
+
+
+def test_hook_paused(release=False):
+    """Test-only: is a thread parked at a "pause:<point>" test hook?
+    release=True lets it go on (ar_test_hook_paused)."""
+    return bool(ar_test_hook_paused(1 if release else 0))
+
+
+def futex_counts():
+    """Test-only: (waits, wakes), the FUTEX_WAIT and FUTEX_WAKE system calls
+    this process has made in ackring's waits and wakes (ar_futex_counts)."""
+    cdef uint64_t waits = 0, wakes = 0
+    ar_futex_counts(&waits, &wakes)
+    return int(waits), int(wakes)
+
+
+def ring_probes(enable=None):
+    """Test-only: the ring cells this process's gets have looked at, counted
+    while enabled (ar_ring_probes).  enable=True/False turns counting on/off."""
+    return int(ar_ring_probes(-1 if enable is None else (1 if enable else 0)))
