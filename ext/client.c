@@ -527,7 +527,7 @@ int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size
     return rc;
 }
 
-/* After the binding copied a delivery's body out of the slot: was the
+/* I9.  After the binding copied a delivery's body out of the slot: was the
  * delivery still ours all through the copy?  A lease can run out before the
  * copy is made (the process was stopped or descheduled past ack_timeout):
  * the scan takes the message back (T9), another consumer may ack it and a

@@ -87,7 +87,7 @@ int alloc_slot(ar_queue *q, uint32_t e, uint32_t *vout, uint64_t *wwriting, uint
             continue;
         }
         unmark_take(q, e);
-        /* release fence: our payload and field stores below stay after the
+        /* release fence (I9): our payload and field stores below stay after the
          * T1 CAS for anyone who reads the slot without owning it (a reader
          * that saw one of them sees the word moved: ar_intact, ar_peek_still). */
         FENCE(REL);
