@@ -276,10 +276,12 @@ def sigint_child(qname, what, ready, conn):
 
 # --------------------------------------------------------------- crash safety
 
-def hold_and_hang(qname, n, conn, release):
-    """Take n deliveries without settling them, report their ids, then wait to be killed."""
+def hold_and_hang(qname, n, conn, release, watchdog=ackring.DEFAULT_WATCHDOG_INTERVAL):
+    """Take n deliveries without settling them, report their ids, then wait to be killed.
+    ``watchdog=None``: this holder never runs a reclaim pass of its own (tests that
+    count who reclaimed what need the parent to be the only reclaimer)."""
     try:
-        q = ackring.open(qname)
+        q = ackring.open(qname, watchdog=watchdog)
         c = q.consumer()
         ids = []
         for _ in range(n):
