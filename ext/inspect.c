@@ -169,6 +169,16 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
             uint64_t use = LOAD(&s->use, RLX);
             if (len > q->message_size || use == 0)
                 return CORRUPT();
+            if ((q->flags & AR_F_CHECKSUM) && slot_crc(q, s, len) != LOAD(&s->crc, RLX)) {
+                /* A get would raise on this message (and discard it); so does
+                 * a peek, rather than show a body that is not the one written.
+                 * Unless the slot moved on while we read it (taken, settled,
+                 * reused: a new use or state), which a sound queue does. */
+                FENCE(ACQ);
+                if (LOAD(&s->word, ACQ) != w)
+                    continue;
+                return CORRUPT();
+            }
             ar_peek_item *it = &items[(*got)++];
             it->id = msg_id(q, use, v);
             it->word = w;
