@@ -147,9 +147,10 @@ static void chain_bus(int sig, siginfo_t *si, void *ctx) {
      * action (terminate, core) runs at the faulting instruction.  A SIGBUS
      * sent by kill/tgkill/sigqueue (si_code <= 0) has no instruction to
      * repeat: SIG_DFL re-raises it, SIG_IGN ignores it (and our guard stays). */
-    if (prev_bus.sa_flags & SA_SIGINFO) {
+    int dfl_or_ign = prev_bus.sa_handler == SIG_DFL || prev_bus.sa_handler == SIG_IGN; /* (a union) */
+    if (!dfl_or_ign && (prev_bus.sa_flags & SA_SIGINFO)) {
         prev_bus.sa_sigaction(sig, si, ctx);
-    } else if (prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
+    } else if (!dfl_or_ign) {
         prev_bus.sa_handler(sig);
     } else if (si->si_code > 0) {
         signal(SIGBUS, SIG_DFL);
