@@ -52,10 +52,10 @@ def test_mutations_are_deterministic(templates):
 
 @pytest.mark.timeout(120)
 def test_fuzz_default(templates, ackring_dir):
-    """A few hundred cases in the default run (a second or two on one core)."""
-    s = _run(templates, ackring_dir, seed=1, start=0, n=600)
+    """1,000 cases in the default run (a few seconds on one core)."""
+    s = _run(templates, ackring_dir, seed=1, start=0, n=1000)
     _assert_clean(s)
-    assert s.cases == 600
+    assert s.cases == 1000
     assert s.counts["ok"] > 100 and s.counts["clean"] > 100   # the mutations do bite, and not always
     assert s.bodies > 1000
 
