@@ -273,3 +273,87 @@ def test_checksum_catches_a_changed_body(make_queue, where):
             m1.ack()
         c.close()
         p.close()
+
+
+# ------------------------------------------------------------------ the issue's minimised hangs, on v2 (item 6)
+
+def _bounded_ops(name, conn):
+    """get(timeout=0.2), put(timeout=0.2), put(timeout=0), get(timeout=0):
+    report each outcome and how long it took."""
+    out = []
+    try:
+        q = ackring.open(name, watchdog=None)
+        p, c = q.producer(), q.consumer()
+        for what, fn, timeout in (("get", lambda: c.get(timeout=0.2), 0.2), ("put", lambda: p.put(b"y", timeout=0.2), 0.2),
+                                  ("put0", lambda: p.put(b"z", timeout=0), 0.0), ("get0", lambda: c.get(timeout=0), 0.0),
+                                  ("reclaim", q.reclaim, 0.0), ("check", q.check, 0.0)):
+            t0 = time.monotonic()
+            try:
+                r = fn()
+                if hasattr(r, "ack"):
+                    r.ack()
+                res = "ok"
+            except (ackring.Error, ValueError) as e:
+                res = type(e).__name__
+            out.append((what, res, time.monotonic() - t0 - timeout))
+        conn.send(out)
+    except BaseException as e:
+        conn.send([("error", repr(e), 0)])
+    os._exit(0)
+
+
+def _lapped_queue(make_queue):
+    q = make_queue(capacity=8, message_size=64, watchdog=None, max_clients=4)
+    with q.producer() as p, q.consumer() as c:
+        for _ in range(16):                   # every ring lapped twice
+            p.put(b"x", timeout=1)
+            c.get(timeout=1).ack()
+        for _ in range(3):
+            p.put(b"r", timeout=1)
+    return q
+
+
+HANGS = [
+    # (what the old core did, how to scribble on v2)
+    ("head far behind (repro_head_stall)", "head", -(2 ** 27) * 8),
+    ("head two laps behind", "head", -16),
+    ("tail two laps behind (repro_tail_hang)", "tail", -16),
+    ("tail far ahead", "tail", 2 ** 40 + 3),
+    ("slot word's use two laps ahead (repro_slot_lap_hang)", "slot_use", 2),
+    ("every cell of every ring looks pushed one lap on", "cells", 8),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ring", [0, 1, 2])
+@pytest.mark.parametrize("what,field,delta", HANGS, ids=[h[0].split(" (")[0] for h in HANGS])
+def test_timeouts_are_honoured_whatever_the_segment_says(procs, make_queue, ring, what, field, delta):
+    """Issue 13 item 6: the old core spun with the GIL held, ignoring the
+    timeout, on each of these one-word scribbles.  On v2 every call returns
+    (a clean error or a normal answer) within its timeout plus a bound."""
+    q = _lapped_queue(make_queue)
+    raw = L.Raw(q)
+    mask = (1 << 64) - 1
+    if field == "head":
+        raw.put(L.U64, raw.head(ring), (raw.get(L.U64, raw.head(ring)) + delta) & mask)
+    elif field == "tail":
+        raw.put(L.U64, raw.tail(ring), (raw.get(L.U64, raw.tail(ring)) + delta) & mask)
+    elif field == "slot_use":
+        i = ring                                  # one slot per parameter
+        w = raw.get(L.U64, raw.slot(i))
+        raw.put(L.U64, raw.slot(i), (w & 0xFFFFFFFF) | ((((w >> 32) + delta) & 0xFFFFFFFF) << 32))
+    else:
+        for j in range(raw.cap):
+            c = raw.get(L.U64, raw.cell(ring, j))
+            raw.put(L.U64, raw.cell(ring, j), ((((c >> 24) + delta) & 0xFFFFFFFFFF) << 24) | (c & 0xFFFFFF))
+    raw.close()
+    parent, child = FORK.Pipe(duplex=False)
+    ch = procs(_bounded_ops, q.name, child)
+    assert parent.poll(30), "%s: a call did not return within 30 s" % what   # the child is reaped by procs
+    out = parent.recv()
+    ch.join(10)
+    assert ch.exitcode == 0, (what, out, ch.exitcode)
+    assert [o for o in out if o[0] == "error"] == [], out
+    print(what, ring, [(w_, r) for w_, r, _ in out])
+    late = [(w_, r, round(over, 3)) for w_, r, over in out if over > 3.0]
+    assert late == [], (what, out)
