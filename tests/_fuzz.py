@@ -296,9 +296,10 @@ KINDS = [("byteflip", 10), ("bitflip", 6), ("word_rand", 8), ("header", 10), ("p
          ("multi", 8)]
 
 
-def gen_mutation(r, data, depth=0):
-    """A list of ops on one file's bytes: ("w", off, bytes), ("size", n), ("live", n)."""
-    g = _geometry(data)
+def gen_mutation(r, data, depth=0, g=None):
+    """A list of ops on one file's bytes: ("w", off, bytes), ("size", n), ("live", n).
+    ``g``: the geometry to aim with (default: read from ``data``'s header)."""
+    g = g or _geometry(data)
     cap, ss = g["cap"], g["ss"]
     kinds = [(k, w) for k, w in KINDS if depth == 0 or k not in ("multi", "truncate_live")]
     kind = r.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
@@ -476,7 +477,7 @@ def gen_mutation(r, data, depth=0):
     elif kind == "multi":
         parts = []
         for _ in range(r.randint(2, 5)):
-            d, o = gen_mutation(r, data, depth=1)
+            d, o = gen_mutation(r, data, depth=1, g=g)
             parts.append(d)
             ops.extend(o)
         desc = "multi[" + "; ".join(parts) + "]"

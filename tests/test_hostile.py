@@ -357,3 +357,105 @@ def test_timeouts_are_honoured_whatever_the_segment_says(procs, make_queue, ring
     print(what, ring, [(w_, r) for w_, r, _ in out])
     late = [(w_, r, round(over, 3)) for w_, r, over in out if over > 3.0]
     assert late == [], (what, out)
+
+
+# ------------------------------------------------------------------ a hostile writer scribbling while others work (item 6)
+
+def _worker_under_scribbles(name, conn, seconds):
+    """Producer + consumer (+ its DLQ, reclaim, peek, stats) with timeouts, for
+    `seconds`; reports the worst lateness, outcome counts, bad body lengths."""
+    import collections
+    counts = collections.Counter()
+    worst, long_bodies = 0.0, 0
+    try:
+        q = ackring.open(name, watchdog=None)
+        msz = q.message_size
+        p, c = q.producer(), q.consumer()
+        conn.send(("started",))
+        end = time.monotonic() + seconds
+        k = 0
+        while time.monotonic() < end:
+            k += 1
+            for what, fn, timeout in (("put", lambda: p.put(b"s" * (k % 60 + 1), timeout=0.05), 0.05),
+                                      ("get", lambda: c.get(timeout=0.05), 0.05),
+                                      ("peek", lambda: q.peek(2), 0.0), ("stats", q.stats, 0.0),
+                                      ("reclaim", q.reclaim, 0.0)):
+                t0 = time.monotonic()
+                try:
+                    r = fn()
+                    counts[what + ":ok"] += 1
+                    if what == "get":
+                        long_bodies += len(r.body) > msz
+                        (r.ack, r.nack, r.reject)[k % 3]()
+                    elif what == "peek":
+                        long_bodies += sum(len(row["body"]) > msz for row in r)
+                except (ackring.Error, ValueError, OSError) as e:
+                    counts[what + ":" + type(e).__name__] += 1
+                worst = max(worst, time.monotonic() - t0 - timeout)
+            if k % 50 == 0:            # a fresh handle now and then (open reclaims, re-validates)
+                try:
+                    q2 = ackring.open(name, watchdog=None)
+                    q2.close()
+                    counts["reopen:ok"] += 1
+                except (ackring.Error, ValueError, OSError) as e:
+                    counts["reopen:" + type(e).__name__] += 1
+        conn.send(("done", worst, long_bodies, dict(counts)))
+    except BaseException as e:
+        conn.send(("error", repr(e), 0, dict(counts)))
+    os._exit(0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", range(4))
+def test_hostile_writer_during_traffic(procs, make_queue, seed):
+    """While one process puts, gets, settles, peeks, reclaims and reopens
+    (all with timeouts), this one writes the fuzzer's mutations (random and
+    interesting words in positions, cells, slot words, lengths, entries,
+    payloads ...) into the live segment (past its geometry and shutdown
+    lines), one every few milliseconds.  The worker
+    neither crashes nor hangs, every call comes back within its timeout plus
+    a bound, and no body longer than message_size is ever handed out."""
+    import mmap
+    import random
+    import _fuzz as F
+    q = make_queue(capacity=8, message_size=64, watchdog=None, max_clients=8, ack_timeout=0.2,
+                   max_deliveries=3, checksum=bool(seed % 2))
+    with q.producer() as p:
+        for i in range(5):
+            p.put(F.body(i, 20 + i), timeout=1)
+    parent, child = FORK.Pipe(duplex=False)
+    ch = procs(_worker_under_scribbles, q.name, child, 1.5)
+    assert parent.poll(20) and parent.recv() == ("started",)
+    r = random.Random("scribble-%d" % seed)
+    n = 0
+    with open(q.path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        size = len(m)
+        pristine = bytes(m)        # after the worker registered: its entries are in it
+        geom = F._geometry(pristine)                          # aimed with the true geometry
+        restores = 0
+        while ch.is_alive() and not parent.poll(0):
+            if n and n % 8 == 0:
+                # put the whole segment back as it was (itself a hostile write: the
+                # worker's deliveries and positions jump back), so that corruption
+                # keeps meeting traffic instead of one early scribble failing all
+                m[192:] = pristine[192:]
+                restores += 1
+                n += 1
+            snap = bytes(m)
+            _, ops = F.gen_mutation(r, snap, depth=1, g=geom)  # depth 1: no truncation while mapped
+            for op in ops:
+                # the shared state, not the geometry and shutdown lines (0..191): those
+                # only make every later call fail fast, which the static fuzz covers
+                if op[0] == "w" and op[1] >= 192 and op[1] + len(op[2]) <= size:
+                    m[op[1]:op[1] + len(op[2])] = op[2]
+                    n += 1
+            time.sleep(0.003)      # pacing of the scribbler, not a wait for a condition
+    assert parent.poll(30), "the worker did not report within 30 s"
+    tag, worst, long_bodies, counts = parent.recv()
+    ch.join(10)
+    assert tag == "done" and ch.exitcode == 0, (tag, worst, counts, ch.exitcode)
+    assert long_bodies == 0, counts
+    assert worst < 3.0, (worst, counts)
+    assert n > 50 and sum(v for k, v in counts.items() if k.startswith("put")) > 10, (n, counts)
+    assert counts.get("get:ok", 0) > 10, counts      # traffic did meet the scribbles
+    print("seed %d: %d scribbles, %d restores, worst lateness %.3f s, %s" % (seed, n, restores, worst, counts))
