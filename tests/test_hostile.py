@@ -408,6 +408,18 @@ def _worker_under_scribbles(name, conn, seconds):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", range(4))
 def test_hostile_writer_during_traffic(procs, make_queue, seed):
+    _hostile_writer(procs, make_queue, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", range(4, 64))
+def test_hostile_writer_during_traffic_long(procs, make_queue, seed):
+    """60 more seeds (``python -m pytest -m slow tests/test_hostile.py``)."""
+    _hostile_writer(procs, make_queue, seed)
+
+
+def _hostile_writer(procs, make_queue, seed):
     """While one process puts, gets, settles, peeks, reclaims and reopens
     (all with timeouts), this one writes the fuzzer's mutations (random and
     interesting words in positions, cells, slot words, lengths, entries,
