@@ -85,6 +85,12 @@ int ar_stats_read(const ar_queue *q, ar_stats *st) {
     st->syncs = LOAD(&q->hdr->syncs, RLX);
     st->synced_seq = LOAD(&q->hdr->sync_done, RLX);
     st->pub_seq = LOAD(&q->hdr->pub_seq, RLX);
+    /* The SIGBUS guard may have marked us while we read (the file was
+     * truncated under us): what we read then was zero pages, not the queue. */
+    if (q->corrupt) {
+        memset(st, 0, sizeof *st);
+        return CORRUPT();
+    }
     return AR_OK;
 }
 
@@ -202,6 +208,10 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
                 it->len -= AR_DEATH_SIZE;
             }
         }
+    }
+    if (q->corrupt) { /* truncated under us while we looked (SIGBUS guard) */
+        *got = 0;
+        return CORRUPT();
     }
     return AR_OK;
 }
