@@ -85,6 +85,12 @@ int ar_stats_read(const ar_queue *q, ar_stats *st) {
     st->syncs = LOAD(&q->hdr->syncs, RLX);
     st->synced_seq = LOAD(&q->hdr->sync_done, RLX);
     st->pub_seq = LOAD(&q->hdr->pub_seq, RLX);
+    /* The SIGBUS guard may have marked us while we read (the file was
+     * truncated under us): what we read then was zero pages, not the queue. */
+    if (q->corrupt) {
+        memset(st, 0, sizeof *st);
+        return CORRUPT();
+    }
     return AR_OK;
 }
 
@@ -169,6 +175,16 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
             uint64_t use = LOAD(&s->use, RLX);
             if (len > q->message_size || use == 0)
                 return CORRUPT();
+            if ((q->flags & AR_F_CHECKSUM) && slot_crc(q, s, len) != LOAD(&s->crc, RLX)) {
+                /* A get would raise on this message (and discard it); so does
+                 * a peek, rather than show a body that is not the one written.
+                 * Unless the slot moved on while we read it (taken, settled,
+                 * reused: a new use or state), which a sound queue does. */
+                FENCE(ACQ);
+                if (LOAD(&s->word, ACQ) != w)
+                    continue;
+                return CORRUPT();
+            }
             ar_peek_item *it = &items[(*got)++];
             it->id = msg_id(q, use, v);
             it->word = w;
@@ -192,6 +208,10 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
                 it->len -= AR_DEATH_SIZE;
             }
         }
+    }
+    if (q->corrupt) { /* truncated under us while we looked (SIGBUS guard) */
+        *got = 0;
+        return CORRUPT();
     }
     return AR_OK;
 }

@@ -127,59 +127,107 @@ static int header_valid(const ar_header *h, uint64_t file_size) {
 static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
 static ar_queue *open_list;
 
-/* The SIGBUS guard reads this table from a signal handler: fixed slots,
- * each written with atomic stores. */
-#define AR_GUARD_SLOTS 1024
-static struct { unsigned char *base; size_t size; ar_queue *q; } guard[AR_GUARD_SLOTS];
+/* The SIGBUS guard reads this table from a signal handler: slots written
+ * with atomic stores, in chunks of AR_GUARD_CHUNK allocated on demand (under
+ * open_mu) and never freed, so the handler never sees a chunk go away.
+ * AR_GUARD_CHUNKS * AR_GUARD_CHUNK handles at most per process; past that an
+ * open or create fails with EMFILE rather than leave a mapping unguarded. */
+#define AR_GUARD_CHUNK 1024
+#define AR_GUARD_CHUNKS 64
+typedef struct { unsigned char *base; size_t size; ar_queue *q; } guard_slot;
+static guard_slot *guard[AR_GUARD_CHUNKS];
 static struct sigaction prev_bus;
 static int guard_installed;
 
-static void bus_handler(int sig, siginfo_t *si, void *ctx) {
-    unsigned char *a = (unsigned char *)si->si_addr;
-    for (int i = 0; i < AR_GUARD_SLOTS; i++) {
-        unsigned char *b = LOAD(&guard[i].base, ACQ);
-        size_t n = LOAD(&guard[i].size, ACQ);
-        if (b && a >= b && a < b + n) {
-            /* The file under one of our mappings shrank (truncated by another
-             * writer).  Put zero pages over the whole mapping so the faulting
-             * access and every later one complete, and mark the handle
-             * corrupt: from now on its calls answer AR_CORRUPT. */
-            ar_queue *q = LOAD(&guard[i].q, ACQ);
-            if (q)
-                q->corrupt = 1;
-            if (mmap(b, n, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED)
-                return;
-            break;
-        }
-    }
-    /* Not ours: hand it to whoever had SIGBUS before us. */
-    if (prev_bus.sa_flags & SA_SIGINFO) {
+static void chain_bus(int sig, siginfo_t *si, void *ctx) {
+    /* Not ours: hand it to whoever had SIGBUS before us, as if we were not
+     * there.  A fault (si_code > 0) that the previous disposition would not
+     * handle (SIG_DFL, or SIG_IGN, which the kernel overrides for a fault):
+     * SIG_DFL again and return, so the access faults again and the default
+     * action (terminate, core) runs at the faulting instruction.  A SIGBUS
+     * sent by kill/tgkill/sigqueue (si_code <= 0) has no instruction to
+     * repeat: SIG_DFL re-raises it, SIG_IGN ignores it (and our guard stays). */
+    int dfl_or_ign = prev_bus.sa_handler == SIG_DFL || prev_bus.sa_handler == SIG_IGN; /* (a union) */
+    if (!dfl_or_ign && (prev_bus.sa_flags & SA_SIGINFO)) {
         prev_bus.sa_sigaction(sig, si, ctx);
-    } else if (prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
+    } else if (!dfl_or_ign) {
         prev_bus.sa_handler(sig);
-    } else {
-        signal(SIGBUS, SIG_DFL); /* the access faults again and the default action runs */
+    } else if (si->si_code > 0) {
+        signal(SIGBUS, SIG_DFL);
+    } else if (prev_bus.sa_handler == SIG_DFL) {
+        signal(SIGBUS, SIG_DFL);
+        raise(SIGBUS); /* SA_NODEFER: delivered now, the default action ends the process */
     }
 }
 
-static void guard_add(ar_queue *q) {
-    for (int i = 0; i < AR_GUARD_SLOTS; i++) {
-        unsigned char *none = NULL;
-        if (CAS(&guard[i].base, &none, (unsigned char *)1, ACQ, RLX)) {
-            STORE(&guard[i].q, q, REL);
-            STORE(&guard[i].size, q->size, REL);
-            STORE(&guard[i].base, q->base, REL);
-            return;
+static void bus_handler(int sig, siginfo_t *si, void *ctx) {
+    unsigned char *a = (unsigned char *)si->si_addr;
+    /* Only a fault the kernel raised (si_code > 0: BUS_ADRERR for an access
+     * past the end of the file) is ours to repair; a SIGBUS sent by kill()
+     * carries a pid and uid where si_addr would be. */
+    for (int c = 0; si->si_code > 0 && c < AR_GUARD_CHUNKS; c++) {
+        guard_slot *g = LOAD(&guard[c], ACQ);
+        if (!g)
+            break;
+        for (int i = 0; i < AR_GUARD_CHUNK; i++) {
+            unsigned char *b = LOAD(&g[i].base, ACQ);
+            size_t n = LOAD(&g[i].size, ACQ);
+            if (b && a >= b && a < b + n) {
+                /* The file under one of our mappings shrank (truncated by
+                 * another writer).  Put zero pages over the whole mapping so
+                 * the faulting access and every later one complete, and mark
+                 * the handle corrupt: from now on its calls answer AR_CORRUPT. */
+                ar_queue *q = LOAD(&g[i].q, ACQ);
+                if (q)
+                    q->corrupt = 1;
+                if (mmap(b, n, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) !=
+                    MAP_FAILED)
+                    return;
+                chain_bus(sig, si, ctx);
+                return;
+            }
         }
     }
+    chain_bus(sig, si, ctx);
+}
+
+/* Called with open_mu held (it serialises chunk allocation). */
+static int guard_add(ar_queue *q) {
+    for (int c = 0; c < AR_GUARD_CHUNKS; c++) {
+        guard_slot *g = LOAD(&guard[c], ACQ);
+        if (!g) {
+            void *p = mmap(NULL, AR_GUARD_CHUNK * sizeof *g, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                           -1, 0);
+            if (p == MAP_FAILED)
+                return -1;
+            g = p;
+            STORE(&guard[c], g, REL);
+        }
+        for (int i = 0; i < AR_GUARD_CHUNK; i++) {
+            unsigned char *none = NULL;
+            if (CAS(&g[i].base, &none, (unsigned char *)1, ACQ, RLX)) {
+                STORE(&g[i].q, q, REL);
+                STORE(&g[i].size, q->size, REL);
+                STORE(&g[i].base, q->base, REL);
+                return 0;
+            }
+        }
+    }
+    errno = EMFILE; /* more handles than the guard has room for: refused, not left unguarded */
+    return -1;
 }
 static void guard_remove(ar_queue *q) {
-    for (int i = 0; i < AR_GUARD_SLOTS; i++)
-        if (LOAD(&guard[i].q, ACQ) == q) {
-            STORE(&guard[i].size, 0, REL);
-            STORE(&guard[i].q, NULL, REL);
-            STORE(&guard[i].base, NULL, REL);
-        }
+    for (int c = 0; c < AR_GUARD_CHUNKS; c++) {
+        guard_slot *g = LOAD(&guard[c], ACQ);
+        if (!g)
+            break;
+        for (int i = 0; i < AR_GUARD_CHUNK; i++)
+            if (LOAD(&g[i].q, ACQ) == q) {
+                STORE(&g[i].size, 0, REL);
+                STORE(&g[i].q, NULL, REL);
+                STORE(&g[i].base, NULL, REL);
+            }
+    }
 }
 
 static void fork_prepare(void) { pthread_mutex_lock(&open_mu); }
@@ -256,11 +304,16 @@ static int finish_handle(ar_queue *q, const ar_header *h, const char *path) {
         return AR_ERRNO;
     install_once();
     pthread_mutex_lock(&open_mu);
+    if (guard_add(q) != 0) {
+        int e = errno;
+        pthread_mutex_unlock(&open_mu);
+        errno = e;
+        return AR_ERRNO;
+    }
     q->next_open = open_list;
     open_list = q;
     q->listed = 1;
     pthread_mutex_unlock(&open_mu);
-    guard_add(q);
     return AR_OK;
 }
 
@@ -560,6 +613,12 @@ int ar_create_pair(const ar_create_args *a, ar_queue **main_out, ar_queue **dlq_
     if (fl & AR_F_FILE)
         sync_dir(dir);
     if ((rc = finish_handle(m.q, m.q->hdr, main_path)) != AR_OK || (rc = finish_handle(d.q, d.q->hdr, dlq_path)) != AR_OK) {
+        /* No room for the handles (ENOMEM, or EMFILE from the SIGBUS guard):
+         * the names we just linked go again, so a failed create leaves nothing. */
+        int e = errno;
+        unlink(main_path);
+        unlink(dlq_path);
+        errno = e;
         m.tmp[0] = d.tmp[0] = 0;
         goto fail;
     }
@@ -645,8 +704,9 @@ int ar_open(const char *path, const uint32_t *trust, size_t ntrust, ar_queue **o
         return AR_ERRNO;
     }
     if ((rc = finish_handle(q, &h, path)) != AR_OK) {
+        int e = errno;
         free_handle(q);
-        errno = ENOMEM;
+        errno = e;
         return AR_ERRNO;
     }
     if (q->flags & AR_F_FILE) {

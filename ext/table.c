@@ -277,6 +277,8 @@ int ar_reclaim(ar_queue *q, ar_recovery *rec) {
     if (q->durability == AR_DUR_SYNC && LOAD(&q->hdr->sync_pending, RLX))
         durable_flush_settles(q);
     pthread_mutex_unlock(&q->reclaim_mu);
+    if (q->corrupt) /* truncated under this pass (SIGBUS guard): it repaired zero pages */
+        rc = CORRUPT();
     if (q->dlq && !q->dlq->corrupt) {
         ar_recovery d;
         if (ar_reclaim(q->dlq, &d) == AR_OK) {

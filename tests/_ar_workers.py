@@ -276,13 +276,13 @@ def sigint_child(qname, what, ready, conn):
 
 # --------------------------------------------------------------- crash safety
 
-def hold_and_hang(qname, n, conn, release):
+def hold_and_hang(qname, n, conn, release, watchdog=None):
     """Take n deliveries without settling them, report their ids, then wait to be killed.
-    No watchdog: the tests count what their own reclaim() (or open) repairs,
-    and a holder's watchdog would race them, reclaiming another killed holder
-    first (seen: test_open_recovers_a_queue_whose_processes_all_died)."""
+    No watchdog by default: the tests count what their own reclaim() (or open)
+    repairs, and a holder's watchdog would race them, reclaiming another killed
+    holder first (seen: test_open_recovers_a_queue_whose_processes_all_died)."""
     try:
-        q = ackring.open(qname, watchdog=None)
+        q = ackring.open(qname, watchdog=watchdog)
         c = q.consumer()
         ids = []
         for _ in range(n):

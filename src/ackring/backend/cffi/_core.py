@@ -231,7 +231,9 @@ class Segment:
 
     def stats(self):
         st = _new("ar_stats *")
-        lib.ar_stats_read(self._check(), st)
+        rc = lib.ar_stats_read(self._check(), st)
+        if rc != AR_OK:     # a segment the SIGBUS guard found truncated
+            raise _error(rc, "stats of queue %r" % (self._name,))
         return S.stats_dict(tuple(getattr(st, f) for f in S.STATS_FIELDS))
 
     def reclaim(self):

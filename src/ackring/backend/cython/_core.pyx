@@ -376,8 +376,11 @@ cdef class Segment:
 
     def stats(self):
         cdef ar_stats st
+        cdef int rc
         self.check()
-        ar_stats_read(self.q, &st)
+        rc = ar_stats_read(self.q, &st)
+        if rc != AR_OK:     # a segment the SIGBUS guard found truncated
+            raise _error(rc, "stats of queue %r" % (self.name,))
         return S.stats_dict((
             st.depth, st.in_flight, st.writing, st.published, st.acked, st.nacked, st.redelivered,
             st.discarded, st.dropped, st.rejected, st.dl_delivery_limit, st.dl_expired,
