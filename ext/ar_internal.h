@@ -427,6 +427,14 @@ uint32_t ar_crc32c(uint32_t crc, const void *buf, size_t len);
 /* ---- client plumbing (client.c) */
 int client_enter(ar_client *c);
 void client_leave(ar_client *c);
+/* End a call: a segment found truncated during it (the SIGBUS guard marked
+ * the handle corrupt; the call ran on against zero pages) makes its answer
+ * AR_CORRUPT, whatever it saw there. */
+static inline int client_done(ar_client *c, int rc) {
+    ar_queue *q = c->q;
+    client_leave(c);
+    return UNLIKELY(q->corrupt) ? AR_CORRUPT : rc;
+}
 
 /* ---- test hooks (client.c) */
 enum {

@@ -173,8 +173,7 @@ int client_enter(ar_client *c) {
         }
         spin_unlock(&c->lock);
         if (rc != AR_OK) {
-            client_leave(c);
-            return rc;
+            return client_done(c, rc);
         }
     }
     return AR_OK;
@@ -262,8 +261,7 @@ int ar_put(ar_client *c, const void *data, size_t len, uint64_t deadline, uint64
         rc = wait_for(c, &c->q->hdr->not_full, deadline, put_attempt, &pa, AR_FULL);
     if (rc == AR_OK && c->q->durability == AR_DUR_SYNC)
         rc = durable_confirm(c->q, 0, deadline);
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }
 
 int ar_put_many(ar_client *c, const ar_iovec *msgs, size_t n, uint64_t deadline, uint64_t ttl_ns, uint64_t *ids,
@@ -308,8 +306,7 @@ int ar_put_many(ar_client *c, const ar_iovec *msgs, size_t n, uint64_t deadline,
         if (crc != AR_OK)
             rc = crc;
     }
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }
 
 /* ------------------------------------------------------------------ reserve / commit */
@@ -350,7 +347,7 @@ int ar_reserve(ar_client *c, uint64_t deadline, ar_reservation *r) {
     if (rc == AR_FULL && deadline != 0)
         rc = wait_for(c, &c->q->hdr->not_full, deadline, claim_attempt, &ca, AR_FULL);
     if (rc != AR_OK)
-        client_leave(c);
+        return client_done(c, rc);
     /* else: an open reservation counts as a call in progress until it is
      * committed or aborted, so close() does not discard it under a writer. */
     return rc;
@@ -385,8 +382,7 @@ static int finish_reservation(ar_reservation *r, int commit, size_t len, uint64_
     r->done = 1;
     if (rc == AR_OK && commit && q->durability == AR_DUR_SYNC)
         rc = durable_confirm(q, 0, AR_NO_DEADLINE);
-    client_leave(c); /* the reservation's call in progress ends */
-    return rc;
+    return client_done(c, rc); /* the reservation's call in progress ends */
 }
 
 int ar_commit(ar_reservation *r, size_t len, uint64_t ttl_ns, uint64_t *id) {
@@ -487,8 +483,7 @@ int ar_get(ar_client *c, ar_delivery *d, uint64_t deadline) {
             }
         }
     }
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }
 
 int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size_t *got) {
@@ -523,8 +518,7 @@ int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size
             }
         }
     }
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }
 
 /* I9.  After the binding copied a delivery's body out of the slot: was the
@@ -607,8 +601,7 @@ int ar_settle(ar_delivery *d, int how) {
     spin_unlock(&c->lock);
     d->flags |= AR_D_SETTLED;
     FADD(&c->outstanding, -1, RLX);
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }
 
 int ar_settle_many(ar_client *c, ar_delivery *const *ds, size_t n, int how, int *rcs, size_t *bad) {

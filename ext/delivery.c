@@ -275,8 +275,7 @@ int ar_extend(ar_delivery *d, uint64_t lease_ns) {
         rc = LOAD(&s->word, SEQ) == d->word ? AR_OK : AR_STALE;
         break;
     }
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }
 
 /* ---------------------------------------------------------------- receipts */
@@ -320,6 +319,5 @@ int ar_wait_settled(ar_client *c, uint64_t id, uint64_t deadline, uint32_t *outc
     if (rc == AR_EMPTY && deadline != 0)
         /* Frees wake producers (a free slot is room), so receipts wait there. */
         rc = wait_for(c, &c->q->hdr->not_full, deadline, settled_attempt, &sa, AR_EMPTY);
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }
