@@ -175,36 +175,32 @@ def make_templates(directory=None):
         assert len(seg) == _geometry(seg)["total"] and len(dlq) == _geometry(dlq)["total"]
         out[tag] = Template(tag, seg, dlq, desc, checksum)
 
+    def lap_then_fill(p, c, laps, ready):
+        # `laps` messages through (put + get + ack: the rings move on), then `ready` left READY
+        for _ in range(laps):
+            p.put(nb())
+            c.get(timeout=1).ack()
+        for _ in range(ready):
+            p.put(nb())
+
     try:
         for cs in (False, True):
             sfx = "c" if cs else ""
             # T0: wrapped ring, 6 READY, nothing held
             q = make("t0" + sfx, checksum=cs)
             with q.producer() as p, q.consumer() as c:
-                for _ in range(14):
-                    p.put(nb())
-                    c.get(timeout=1).ack()
-                for _ in range(6):
-                    p.put(nb())
+                lap_then_fill(p, c, 14, 6)
             snap(q, "T0" + sfx, "wrapped, 6 ready")
             # T1: a killed consumer holds 2, a killed producer a half-written slot
             q = make("t1" + sfx, checksum=cs)
             with q.producer() as p, q.consumer() as c:
-                for _ in range(8):
-                    p.put(nb())
-                    c.get(timeout=1).ack()
-                for _ in range(5):
-                    p.put(nb())
+                lap_then_fill(p, c, 8, 5)
             die_holding("t1" + sfx, 2, reserve=True)
             snap(q, "T1" + sfx, "5 unsettled, dead consumer holds 2, dead producer 1 WRITING")
             # T2: requeued (nack), one dead letter (reject), one acked
             q = make("t2" + sfx, checksum=cs)
             with q.producer() as p, q.consumer() as c:
-                for _ in range(6):
-                    p.put(nb())
-                    c.get(timeout=1).ack()
-                for _ in range(6):
-                    p.put(nb())
+                lap_then_fill(p, c, 6, 6)
                 a, b, d = c.get(timeout=1), c.get(timeout=1), c.get(timeout=1)
                 a.nack()
                 b.reject()
@@ -213,11 +209,7 @@ def make_templates(directory=None):
             # T3: leases, delivery limit, dead leased holder, one nacked, TTLs
             q = make("t3" + sfx, checksum=cs, ack_timeout=30.0, max_deliveries=3, ttl=3600)
             with q.producer() as p, q.consumer() as c:
-                for _ in range(3):
-                    p.put(nb())
-                    c.get(timeout=1).ack()
-                for _ in range(7):
-                    p.put(nb())
+                lap_then_fill(p, c, 3, 7)
                 m = c.get(timeout=1)
                 m.reject()
             die_holding("t3" + sfx, 3, ack_timeout=30.0, nack=True)
@@ -225,11 +217,7 @@ def make_templates(directory=None):
             # T4: full (capacity READY)
             q = make("t4" + sfx, checksum=cs)
             with q.producer() as p, q.consumer() as c:
-                for _ in range(5):
-                    p.put(nb())
-                    c.get(timeout=1).ack()
-                for _ in range(CAP):
-                    p.put(nb())
+                lap_then_fill(p, c, 5, CAP)
             snap(q, "T4" + sfx, "full")
             # T5: a DLQ with several dead letters, one of them held by a dead DLQ consumer
             q = make("t5" + sfx, checksum=cs)
