@@ -223,3 +223,27 @@ def test_corrupt_length_is_refused_not_trusted(prepared):
     assert q.stats()["discarded"] == 1
     held.ack()
     assert q.check() == []
+
+
+def test_check_reports_full_cells_behind_head(make_queue):
+    """Found while testing the core review's finding 5: a ready-ring head
+    scribbled forward to tail strands the READY messages in the cells it
+    skipped (get says Empty, no reclaim repairs them: nobody died).  check()
+    names each such cell; restoring head brings them back."""
+    q = make_queue(capacity=8, message_size=32, watchdog=None)
+    ids = q.producer().put_many([b"a", b"b", b"c"], timeout=0)
+    raw = Raw(q)
+    try:
+        off = raw.head(1)
+        old = raw.get(U64, off)
+        raw.put(U64, off, old + 3)             # head == tail: the ring looks empty
+        c = q.consumer()
+        with pytest.raises(ackring.Empty):
+            c.get(timeout=0)
+        found = q.check()
+        assert sum("behind head" in f for f in found) == 3, found
+        raw.put(U64, off, old)
+        assert q.check() == []
+        assert [m.id for m in c.get_many(3, timeout=0)] == ids
+    finally:
+        raw.close()

@@ -12,6 +12,13 @@ from . import _status as S
 AR_MAGIC = 0x474E49524B434121
 RINGS = ("free", "ready", "requeue")
 OUTCOMES = {0, 1, 3, 4, 5, 6, 7, 0xFFE, 0xFFF}
+_POS = 1 << 40    # ring cells carry 40 bits of position
+
+
+def _pos_diff(a, b):
+    """a - b for 40-bit positions (b a free-running 64-bit one), signed."""
+    d = (a - b) % _POS
+    return d - _POS if d >= _POS // 2 else d
 MASK40 = (1 << 40) - 1
 
 
@@ -50,11 +57,23 @@ def check_segment(seg):
             problems.append("%s ring: head %d is ahead of tail %d" % (ring, head, tail))
         elif tail - head > cap:
             problems.append("%s ring: tail %d is more than capacity %d ahead of head %d" % (ring, tail, cap, head))
-        for j, cell in enumerate(seg.raw_cells(r)):
+        cells = seg.raw_cells(r)
+        # tail read again after the cells: pushes made while we read them are
+        # at positions up to it; the head read before is the bound the other
+        # way (a cell behind it was popped before it could be full again)
+        later_tail = seg.raw_header()["tail"][r]
+        for j, cell in enumerate(cells):
             seq, v = cell >> 24, cell & 0xFFFFFF
             if (seq - 1) % cap == j % cap:          # full
+                pos = (seq - 1) % _POS
                 if v >= cap:
                     problems.append("%s ring cell %d: index %d beyond capacity %d" % (ring, j, v, cap))
+                elif _pos_diff(pos, head) < 0:
+                    problems.append("%s ring cell %d: index %d at position %d, behind head %d: no get or put "
+                                    "will reach it" % (ring, j, v, pos, head))
+                elif _pos_diff(pos, later_tail) > 0:
+                    problems.append("%s ring cell %d: index %d at position %d, ahead of tail %d: no get or put "
+                                    "will reach it" % (ring, j, v, pos, later_tail))
                 else:
                     where.setdefault(v, []).append(ring)
             elif seq % cap != j % cap:
