@@ -329,6 +329,14 @@ static inline ar_slot *slot_at(const ar_queue *q, uint32_t i) {
      * checked by the caller before it reaches slot_at (I4). */
     return (ar_slot *)(q->slots + (size_t)i * q->slot_size);
 }
+/* I9, the seqlock re-check of a reader that does not own slot i: after its
+ * copy of the slot's body or fields, is the word still w?  acquire fence:
+ * the copy's loads are ordered before the word load; every writer moves the
+ * word away first (alloc_slot's T1 and release fence). */
+static inline int slot_unchanged(const ar_queue *q, uint32_t i, uint64_t w) {
+    FENCE(ACQ);
+    return LOAD(&slot_at(q, i)->word, RLX) == w;
+}
 static inline unsigned char *payload(ar_slot *s) { return (unsigned char *)(s + 1); }
 static inline uint32_t next_gen(uint32_t g) { return g >= 0xFFFFu ? 1u : g + 1u; }
 static inline uint64_t msg_id(const ar_queue *q, uint64_t use, uint32_t i) {

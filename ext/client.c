@@ -536,8 +536,7 @@ int ar_intact(ar_delivery *d, int drop) {
         return AR_INVAL;
     if (d->flags & AR_D_SETTLED)
         return AR_SETTLED;
-    FENCE(ACQ);
-    if (LOAD(&slot_at(c->q, d->index)->word, RLX) == d->word)
+    if (slot_unchanged(c->q, d->index, d->word))
         return AR_OK;
     if (drop) {
         d->flags |= AR_D_SETTLED;

@@ -180,8 +180,7 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
                  * a peek, rather than show a body that is not the one written.
                  * Unless the slot moved on while we read it (taken, settled,
                  * reused: a new use or state), which a sound queue does. */
-                FENCE(ACQ);
-                if (LOAD(&s->word, ACQ) != w)
+                if (!slot_unchanged(q, v, w))
                     continue;
                 return CORRUPT();
             }
@@ -217,9 +216,7 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
 }
 
 int ar_peek_still(const ar_queue *q, const ar_peek_item *it) {
-    /* acquire: the copy the caller made is ordered before this re-check */
-    FENCE(ACQ);
-    return it->index < q->capacity && LOAD(&slot_at(q, it->index)->word, ACQ) == it->word;
+    return it->index < q->capacity && slot_unchanged(q, it->index, it->word);
 }
 
 /* ---------------------------------------------------------------- purge */
