@@ -642,6 +642,5 @@ int ar_settle_many(ar_client *c, ar_delivery *const *ds, size_t n, int how, int 
         count(c->q, c->entry, k, (uint64_t)0 - (n - ok));
     spin_unlock(&c->lock);
     FADD(&c->outstanding, -(int)n, RLX);
-    client_leave(c);
-    return AR_OK;
+    return client_done(c, AR_OK);
 }

@@ -254,6 +254,5 @@ int ar_purge(ar_client *c, uint64_t *n) {
     }
     count(q, c->entry, CNT_PURGED, *n);
     spin_unlock(&c->lock);
-    client_leave(c);
-    return rc;
+    return client_done(c, rc);
 }

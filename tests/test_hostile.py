@@ -129,7 +129,7 @@ def _script(body):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("op", ["put", "get", "ack", "put_many", "reserve"])
+@pytest.mark.parametrize("op", ["put", "get", "ack", "put_many", "reserve", "ack_many", "purge"])
 def test_the_call_that_meets_a_truncation_raises_corrupted(op):
     """The call during which the SIGBUS guard finds the file truncated ran on
     against zero pages; it must not answer what it saw there (Full, Empty,
@@ -145,7 +145,8 @@ def test_the_call_that_meets_a_truncation_raises_corrupted(op):
         os.truncate(q.path, 0)      # another writer's truncation (here: ourselves)
         ops = {"put": lambda: p.put(b"x", timeout=0), "get": lambda: c.get(timeout=0),
                  "ack": m.ack, "put_many": lambda: p.put_many([b"a", b"b"], timeout=0),
-                 "reserve": lambda: p.reserve(8, timeout=0).commit(8)}
+                 "reserve": lambda: p.reserve(8, timeout=0).commit(8), "ack_many": lambda: c.ack_many([m]),
+                 "purge": c.purge}
         res = outcomes(ops[OP], lambda: p.put(b"y", timeout=0), lambda: c.get(timeout=0))
         print(json.dumps({"res": res}), flush=True)
     """.replace("OP", repr(op)))
