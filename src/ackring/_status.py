@@ -152,6 +152,14 @@ def bad_timeout(timeout):
     return TypeError("timeout must be None or a number of seconds, not %s" % type(timeout).__name__)
 
 
+def taken_back(message_id, in_batch=False):
+    """The error for a body read (copied) after its delivery's ack lease ran
+    out and the message was taken back: the copy may hold another message's
+    bytes (ar_intact said AR_STALE)."""
+    return E.StaleDelivery("message %d%s was taken back (its ack lease ran out) before its body was read"
+                           % (message_id, " of the batch" if in_batch else ""))
+
+
 def no_pickle(obj):
     kind = type(obj).__name__
     hint = {"Producer": "pickle the Queue and open a producer in the child",

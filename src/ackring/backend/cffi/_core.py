@@ -612,9 +612,7 @@ class Consumer(_Client):
         m._body = body
         return m
 
-    def _take(self, n, timeout, deadline=None):
-        if deadline is None:
-            deadline = _deadline(timeout)
+    def _take(self, n, deadline):
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError("n must be an int")
         if n < 1:
@@ -634,7 +632,7 @@ class Consumer(_Client):
     def get_many(self, n, timeout=None, copy=True):
         deadline = _deadline(timeout)
         while True:
-            ds, got = self._take(n, timeout, deadline)
+            ds, got = self._take(n, deadline)
             out = []
             for i in range(got):
                 d = ffi.addressof(ds, i)
@@ -651,7 +649,7 @@ class Consumer(_Client):
                 return out
 
     def get_batch(self, n, timeout=None):
-        ds, got = self._take(n, timeout)
+        ds, got = self._take(n, _deadline(timeout))
         b = object.__new__(Batch)
         b._ds, b._n, b._consumer = ds, got, self
         return b
@@ -709,8 +707,7 @@ class Message:
                                        "use get(copy=True)" % self._d.id)
             body = bytes(_buffer(self._d.data, self._d.len))
             if _ar_intact(self._d, 0) != AR_OK:
-                raise E.StaleDelivery("message %d was taken back (its ack lease ran out) before "
-                                      "its body was read" % self._d.id)
+                raise S.taken_back(self._d.id)
             self._body = body
         return self._body
 
@@ -810,8 +807,7 @@ class Batch:
         d = self._index(i)
         body = bytes(_buffer(d.data, d.len))
         if _ar_intact(d, 0) != AR_OK:
-            raise E.StaleDelivery("message %d of the batch was taken back (its ack lease ran out) "
-                                  "before its body was read" % d.id)
+            raise S.taken_back(d.id, True)
         return body
 
     def _hold(self, _ptr):

@@ -1029,8 +1029,7 @@ cdef class Message:
                                            "use get(copy=True)" % self.d.id)
                 body = _copy_out(self.d.data, self.d.len)
                 if ar_intact(&self.d, 0) != AR_OK:
-                    raise E.StaleDelivery("message %d was taken back (its ack lease ran out) before "
-                                          "its body was read" % self.d.id)
+                    raise S.taken_back(self.d.id)
                 self._body = body
             return self._body
 
@@ -1146,8 +1145,7 @@ cdef class Batch:
 
     cdef int _intact(self, size_t i) except -1:
         if ar_intact(&self.ds[i], 0) != AR_OK:
-            raise E.StaleDelivery("message %d of the batch was taken back (its ack lease ran out) "
-                                  "before its body was read" % self.ds[i].id)
+            raise S.taken_back(self.ds[i].id, True)
         return 0
 
     def __getitem__(self, Py_ssize_t i):
