@@ -134,8 +134,9 @@ def make_templates(directory=None):
         return ackring.create(tag, dir=directory, capacity=CAP, message_size=MSZ, max_clients=MAXC,
                               watchdog=None, **kw)
 
-    def die_holding(tag, n_get, reserve=False, ack_timeout=None, nack=False):
-        """A child takes n_get messages (and a half-written reservation), then is SIGKILLed."""
+    def die_holding(tag, n_get, reserve=False, ack_timeout=None, nack=False, dlq=False):
+        """A child takes n_get messages (of the DLQ with dlq=True; and a
+        half-written reservation), then is SIGKILLed."""
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -143,7 +144,7 @@ def make_templates(directory=None):
             try:
                 os.close(r)
                 q = ackring.open(tag, dir=directory, watchdog=None)
-                c = q.consumer(ack_timeout=ack_timeout)
+                c = (q.dead_letters if dlq else q).consumer(ack_timeout=ack_timeout)
                 held = [c.get(timeout=5) for _ in range(n_get)]
                 if nack and held:
                     held[0].nack()
@@ -226,25 +227,7 @@ def make_templates(directory=None):
                     p.put(nb())
                 for _ in range(4):
                     c.get(timeout=1).reject()
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    os.close(r)
-                    qq = ackring.open("t5" + sfx, dir=directory, watchdog=None)
-                    qq.dead_letters.consumer().get(timeout=5)
-                    os.write(w, b"x")
-                    time.sleep(30)
-                except BaseException:
-                    code = 2
-                finally:
-                    os._exit(code)
-            os.close(w)
-            assert os.read(r, 1) == b"x"
-            os.close(r)
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            die_holding("t5" + sfx, 1, dlq=True)
             snap(q, "T5" + sfx, "4 dead letters, a dead DLQ consumer holds one")
     finally:
         if own:

@@ -12,14 +12,13 @@ from . import _status as S
 AR_MAGIC = 0x474E49524B434121
 RINGS = ("free", "ready", "requeue")
 OUTCOMES = {0, 1, 3, 4, 5, 6, 7, 0xFFE, 0xFFF}
-_POS = 1 << 40    # ring cells carry 40 bits of position
+MASK40 = (1 << 40) - 1    # ring cells carry 40 bits of position
 
 
 def _pos_diff(a, b):
     """a - b for 40-bit positions (b a free-running 64-bit one), signed."""
-    d = (a - b) % _POS
-    return d - _POS if d >= _POS // 2 else d
-MASK40 = (1 << 40) - 1
+    d = (a - b) & MASK40
+    return d - (MASK40 + 1) if d > MASK40 >> 1 else d
 
 
 def _word(w):
@@ -65,7 +64,7 @@ def check_segment(seg):
         for j, cell in enumerate(cells):
             seq, v = cell >> 24, cell & 0xFFFFFF
             if (seq - 1) % cap == j % cap:          # full
-                pos = (seq - 1) % _POS
+                pos = (seq - 1) & MASK40
                 if v >= cap:
                     problems.append("%s ring cell %d: index %d beyond capacity %d" % (ring, j, v, cap))
                 elif _pos_diff(pos, head) < 0:
