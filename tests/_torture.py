@@ -111,7 +111,7 @@ class Shared:
         self.cprog = RawArray("q", cslots)      # deliveries per consumer slot
         self.bad = RawArray("q", 1)             # corrupt bodies / numbers out of range
         self.errors = RawArray("q", 1)          # protocol violations seen by workers
-        self.stale_acks = RawArray("q", 1)      # acks refused because the lease ran out (leases only)
+        self.stale_acks = RawArray("q", 1)      # acks and nacks refused because the lease ran out (leases only)
         self.held = RawArray("q", 1)            # the holder holds its message
 
 
@@ -243,7 +243,17 @@ def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, lease=None):
     keep = []
     for m, n in zip(ms, nums):
         if rng.random() < 0.01:
-            m.nack()
+            try:
+                m.nack()
+            except ackring.StaleDelivery as e:
+                if lease is None:
+                    sh.errors[0] += 1
+                    _report(errdir, "stale", "live consumer's nack went stale: %r" % (e,))
+                    return len(ms)
+                # with ack leases the delivery may have been taken back
+                # before this nack: it was redelivered, the nack refused
+                sh.stale_acks[0] += 1
+                continue
             if n >= 0:
                 ledger.cons_set(n, ledger.cons(n) | NACKED)
         else:
