@@ -17,6 +17,9 @@ Environment switches, read at build time, for both extensions:
 ``ACKRING_PROFILE=1``
     the release build (``-O2``) with debug info and symbols kept, for
     ``perf`` and ``valgrind --tool=callgrind``.
+``ACKRING_LTO=0``
+    release and profile builds use link-time optimisation (``-flto=auto``)
+    across ext/*.c; this turns it off, for a toolchain without LTO.
 ``ACKRING_SANITIZE=1`` (or a sanitizer list such as ``address,undefined``)
     ``-fsanitize=... -fno-omit-frame-pointer`` on compile and link.  An
     ASan-built extension has to be run with the sanitizer runtime preloaded,
@@ -83,7 +86,8 @@ directives = {
     "cdivision": not DEBUG,
 }
 
-BUILD_MODE = "debug=%d sanitize=%s profile=%s" % (DEBUG, SANITIZE or "-", os.environ.get("ACKRING_PROFILE", "-"))
+BUILD_MODE = "debug=%d sanitize=%s profile=%s lto=%s" % (DEBUG, SANITIZE or "-", os.environ.get("ACKRING_PROFILE", "-"),
+                                                        os.environ.get("ACKRING_LTO", "-"))
 
 
 class BuildExt(build_ext):

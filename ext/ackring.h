@@ -171,6 +171,7 @@ typedef struct ar_header_raw {
     uint64_t head[3], tail[3]; /* free, ready, requeue */
     uint32_t not_empty, not_full;
     uint64_t synced_seq, pub_seq;
+    uint32_t hint_lag; /* how far a head or tail may lag its ring's cells (a run, design.md I1); not in the segment */
 } ar_header_raw;
 
 typedef struct ar_slot_raw {
@@ -265,7 +266,9 @@ int ar_purge(ar_client *c, uint64_t *n);
  * (also from ACKRING_TEST_STOP_AT).  Points: alloc_popped, put_writing,
  * publish_ready, get_popped, get_taken, ack_freed, nack_ready, dlq_dying,
  * dlq_copied, reclaim_locked, register_locked, lease_taken, extend_read,
- * sync_leader, get_leased.  One predictable branch per site when off.
+ * sync_leader, get_leased, run_pushed, run_taken (a batch's second or later
+ * push / take of a ring run, before its hint moved).  One predictable
+ * branch per site when off.
  * "pause:<point>" instead parks only the first thread to get there (the hook
  * disarms) until ar_test_hook_paused(1); ar_test_hook_paused(0) says whether
  * one is parked. */

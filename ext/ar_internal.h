@@ -274,6 +274,7 @@ struct ar_queue {
     int fd;              /* kept open: its open file description holds our OFD locks */
     /* geometry validated at open; local copies, never re-read from shared memory */
     uint32_t capacity, mask, shift, message_size, slot_size, max_clients, flags, durability;
+    uint32_t run_max;    /* longest ring run, min(AR_RUN_MAX, capacity / 2), at least 1 (I1) */
     uint64_t queue_id, created_ns, peer_id;
     ar_config cfg;
     char *path;
@@ -358,13 +359,38 @@ uint64_t ttl_clock_ns(const ar_queue *q);
 /* ---- slot transitions (slots.c).  One helper for every slot-word CAS; in
  * ACKRING_DEBUG builds it checks the (from, to) pair against the table of
  * allowed transitions of design.md section 3. */
-int slot_cas(ar_queue *q, ar_slot *s, uint64_t *expected, uint64_t desired, int label);
 enum { T1 = 1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14, T15, T16 };
+#ifdef ACKRING_DEBUG
+void slot_cas_check(uint64_t expected, uint64_t desired, int label); /* aborts on a pair not in the table */
+#endif
+static inline int slot_cas(ar_queue *q, ar_slot *s, uint64_t *expected, uint64_t desired, int label) {
+#ifdef ACKRING_DEBUG
+    slot_cas_check(*expected, desired, label);
+#endif
+    (void)q;
+    (void)label;
+    /* seq_cst: each transition releases what its maker wrote (payload, fields)
+     * to the next owner's acquire, and is ordered with the markers (I7). */
+    return CAS(&s->word, expected, desired, SEQ, ACQ);
+}
 
 /* ---- rings (rings.c) */
-int ring_push(ar_queue *q, int r, uint32_t v);
-int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *v, uint64_t *w);
+/* A run (design.md 3.5): consecutive positions of one ring that one caller
+ * pushes or pops inside a batch call (put_many, get_many, settle_many)
+ * without moving the position hint after each; ring_run_end moves it once.
+ * On the caller's stack, used under its client lock.  start == next: no run.
+ * A run is at most q->run_max long, so a hint lags by at most that (I1). */
+typedef struct {
+    uint64_t start, next;
+    int take; /* a run of takes (moves head) or of pushes (moves tail) */
+} ar_run;
+#define AR_RUN_MAX 64
+int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run);
+int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *v, uint64_t *w, ar_run *run);
+void ring_run_end(ar_queue *q, int r, ar_run *run);
 int ring_empty(ar_queue *q, int r);
+uint64_t ring_count(const ar_queue *q, int r);
+void ring_settle_hints(ar_queue *q);
 int ensure_in_ring(ar_queue *q, uint32_t acting, uint32_t v, uint64_t w, int *pushed);
 int ring_for_word(uint64_t w);
 static inline void mark_take(ar_queue *q, uint32_t e, int r, uint32_t v, uint64_t w) {
@@ -395,11 +421,13 @@ static inline void wake_consumers(ar_queue *q) { wake(&q->hdr->not_empty); }
 static inline void wake_producers(ar_queue *q) { wake(&q->hdr->not_full); }
 
 /* ---- messages (slots.c) */
+/* run: NULL, or the caller's run on the ring the call pushes to (pops from);
+ * now_ns: the batch's one clock read, or 0 to read the clock here. */
 int publish_slot(ar_queue *q, uint32_t e, uint32_t v, ar_slot *s, uint64_t wwriting, uint32_t len,
-                 uint64_t ttl_ns);
-int alloc_slot(ar_queue *q, uint32_t e, uint32_t *v, uint64_t *wwriting, uint64_t *use);
-int free_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, uint32_t outcome, int label);
-int requeue_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, int label);
+                 uint64_t ttl_ns, uint64_t now_ns, ar_run *run);
+int alloc_slot(ar_queue *q, uint32_t e, uint32_t *v, uint64_t *wwriting, uint64_t *use, ar_run *run);
+int free_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, uint32_t outcome, int label, ar_run *run);
+int requeue_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, int label, ar_run *run);
 int release_entry_slots(ar_queue *q, uint32_t e, uint32_t *requeued, uint32_t *discarded);
 uint32_t slot_crc(const ar_queue *q, const ar_slot *s, uint32_t len);
 
@@ -448,7 +476,7 @@ static inline int client_done(ar_client *c, int rc) {
 enum {
     H_OFF = 0, H_ALLOC_POPPED, H_PUT_WRITING, H_PUBLISH_READY, H_GET_POPPED, H_GET_TAKEN,
     H_ACK_FREED, H_NACK_READY, H_DLQ_DYING, H_DLQ_COPIED, H_RECLAIM_LOCKED, H_REGISTER_LOCKED,
-    H_LEASE_TAKEN, H_EXTEND_READ, H_SYNC_LEADER, H_GET_LEASED, H_COUNT
+    H_LEASE_TAKEN, H_EXTEND_READ, H_SYNC_LEADER, H_GET_LEASED, H_RUN_PUSHED, H_RUN_TAKEN, H_COUNT
 };
 extern int ar_hook;
 void ar_hook_hit(int point);

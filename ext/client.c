@@ -20,7 +20,8 @@
 int ar_hook = H_OFF;
 static const char *const hook_names[H_COUNT] = {
     "", "alloc_popped", "put_writing", "publish_ready", "get_popped", "get_taken", "ack_freed", "nack_ready",
-    "dlq_dying", "dlq_copied", "reclaim_locked", "register_locked", "lease_taken", "extend_read", "sync_leader", "get_leased"};
+    "dlq_dying", "dlq_copied", "reclaim_locked", "register_locked", "lease_taken", "extend_read", "sync_leader", "get_leased",
+    "run_pushed", "run_taken"};
 
 /* Pause mode ("pause:<point>"): the first thread to reach the point waits
  * there, alone (the rest of the process runs on), until
@@ -225,15 +226,61 @@ static int try_put(ar_client *c, const void *data, uint32_t len, uint64_t ttl_ns
         return AR_CLOSED;
     uint32_t v;
     uint64_t ww, use;
-    int rc = alloc_slot(q, c->entry, &v, &ww, &use);
+    int rc = alloc_slot(q, c->entry, &v, &ww, &use, NULL);
     if (rc != AR_OK)
         return rc;
     ar_slot *s = slot_at(q, v);
     if (len)
         memcpy(payload(s), data, len);
-    rc = publish_slot(q, c->entry, v, s, ww, len, ttl_ns);
+    rc = publish_slot(q, c->entry, v, s, ww, len, ttl_ns, 0, NULL);
     if (rc == AR_OK)
         *id = msg_id(q, use, v);
+    return rc;
+}
+
+/* put_many's non-blocking part, up to AR_RUN_MAX messages at a time: first
+ * every slot of the chunk is allocated and written (WRITING, ours: a death
+ * here leaves them to be discarded, T8, as for a single put that never
+ * returned), then all are published (T2 and the ready push) in one tight
+ * loop.  So the ready ring's cells are written a cache line at a time, not
+ * one cell between two messages' work, and a consumer chasing them takes
+ * each line once rather than once per cell.  runs: the call's free and
+ * ready runs (rings.c); now_ns: its one clock read. *stored: how many were
+ * published, in order. */
+static int put_chunk(ar_client *c, const ar_iovec *msgs, size_t n, uint64_t ttl_ns, uint64_t *ids, uint64_t now_ns,
+                     ar_run *runs, size_t *stored) {
+    ar_queue *q = c->q;
+    uint32_t v[AR_RUN_MAX];
+    uint64_t ww[AR_RUN_MAX], use[AR_RUN_MAX];
+    *stored = 0;
+    if (UNLIKELY(shut_down(q)))
+        return AR_CLOSED;
+    if (n > AR_RUN_MAX)
+        n = AR_RUN_MAX;
+    int rc = AR_OK;
+    size_t k = 0;
+    for (; k < n; k++) {
+        rc = alloc_slot(q, c->entry, &v[k], &ww[k], &use[k], &runs[R_FREE]);
+        if (rc != AR_OK)
+            break; /* AR_FULL: publish what we have, then the caller waits */
+        if (msgs[k].len)
+            memcpy(payload(slot_at(q, v[k])), msgs[k].data, msgs[k].len);
+    }
+    size_t j = 0;
+    for (; j < k; j++) {
+        int prc = publish_slot(q, c->entry, v[j], slot_at(q, v[j]), ww[j], (uint32_t)msgs[j].len, ttl_ns, now_ns,
+                               &runs[R_READY]);
+        if (prc != AR_OK) {
+            rc = prc; /* only a corrupted segment: the rest are given up (T8) */
+            for (size_t x = j + 1; x < k; x++) {
+                uint64_t w = ww[x];
+                free_slot(q, c->entry, v[x], &w, AR_OUT_DISCARDED, T8, NULL);
+            }
+            break;
+        }
+        ids[j] = msg_id(q, use[j], v[j]);
+    }
+    *stored = j;
     return rc;
 }
 
@@ -279,15 +326,20 @@ int ar_put_many(ar_client *c, const ar_iovec *msgs, size_t n, uint64_t deadline,
         return rc;
     size_t start = *done;
     rc = AR_OK;
-    /* One lock, one entry check for the run of non-blocking puts. */
+    /* One lock, one entry check, one clock read and ring runs (rings.c) for
+     * the non-blocking puts; the runs end before the lock is let go. */
+    ar_run runs[R_COUNT] = {{0}};
+    uint64_t now = ar_realtime_ns();
     spin_lock(&c->lock);
     while (*done < n && !LOAD(&c->closed, RLX)) {
-        size_t i = *done;
-        rc = try_put(c, msgs[i].data, (uint32_t)msgs[i].len, ttl_ns, &ids[i]);
+        size_t k;
+        rc = put_chunk(c, msgs + *done, n - *done, ttl_ns, ids + *done, now, runs, &k);
+        *done += k;
         if (rc != AR_OK)
             break;
-        *done = i + 1;
     }
+    ring_run_end(q, R_FREE, &runs[R_FREE]);
+    ring_run_end(q, R_READY, &runs[R_READY]);
     spin_unlock(&c->lock);
     if (*done < n && rc == AR_OK)
         rc = AR_CLIENT_CLOSED;
@@ -324,7 +376,7 @@ static int claim_attempt(ar_client *c, void *a) {
     uint32_t v;
     uint64_t ww, use;
     spin_lock(&c->lock);
-    int rc = alloc_slot(c->q, c->entry, &v, &ww, &use);
+    int rc = alloc_slot(c->q, c->entry, &v, &ww, &use, NULL);
     spin_unlock(&c->lock);
     if (rc != AR_OK)
         return rc;
@@ -367,12 +419,12 @@ static int finish_reservation(ar_reservation *r, int commit, size_t len, uint64_
     if (LOAD(&slot_at(q, r->index)->word, ACQ) != r->word) {
         rc = AR_STALE;
     } else if (commit && !LOAD(&c->closed, RLX) && !shut_down(q)) {
-        rc = publish_slot(q, c->entry, r->index, slot_at(q, r->index), r->word, (uint32_t)len, ttl_ns);
+        rc = publish_slot(q, c->entry, r->index, slot_at(q, r->index), r->word, (uint32_t)len, ttl_ns, 0, NULL);
         if (rc == AR_OK && id)
             *id = r->id;
     } else {
         uint64_t w = r->word;
-        rc = free_slot(q, c->entry, r->index, &w, AR_OUT_DISCARDED, T8);
+        rc = free_slot(q, c->entry, r->index, &w, AR_OUT_DISCARDED, T8, NULL);
         if (rc == AR_OK)
             count(q, c->entry, CNT_DISCARDED, 1);
         if (rc == AR_OK && commit)
@@ -392,8 +444,9 @@ int ar_abort(ar_reservation *r) { return finish_reservation(r, 0, 0, 0, NULL); }
 
 /* ------------------------------------------------------------------ get */
 
-/* One take, requeued messages first (they go ahead of never-delivered ones). */
-static int try_get(ar_client *c, ar_delivery *d) {
+/* One take, requeued messages first (they go ahead of never-delivered ones).
+ * runs: NULL, or get_many's runs on the requeue and ready rings. */
+static int try_get(ar_client *c, ar_delivery *d, ar_run *runs) {
     ar_queue *q = c->q;
     uint32_t e = c->entry;
     for (uint32_t n = 0; n <= q->capacity + 1; n++) {
@@ -401,7 +454,7 @@ static int try_get(ar_client *c, ar_delivery *d) {
         uint32_t v = 0;
         uint64_t w = 0;
         for (r = R_REQUEUE; r >= R_READY; r--) {
-            rc = ring_take(q, r, e, &v, &w);
+            rc = ring_take(q, r, e, &v, &w, runs ? &runs[r] : NULL);
             if (rc != AR_EMPTY)
                 break;
         }
@@ -436,7 +489,7 @@ static int get_attempt(ar_client *c, void *a) {
     if (LOAD(&c->closed, RLX))
         return AR_CLIENT_CLOSED;
     spin_lock(&c->lock);
-    int rc = try_get(c, (ar_delivery *)a);
+    int rc = try_get(c, (ar_delivery *)a, NULL);
     spin_unlock(&c->lock);
     return rc;
 }
@@ -446,7 +499,7 @@ static int get_attempt(ar_client *c, void *a) {
 static void give_back(ar_client *c, ar_delivery *d) {
     uint64_t w = d->word;
     spin_lock(&c->lock);
-    requeue_slot(c->q, c->entry, d->index, &w, T5);
+    requeue_slot(c->q, c->entry, d->index, &w, T5, NULL);
     spin_unlock(&c->lock);
     d->flags |= AR_D_SETTLED;
 }
@@ -502,10 +555,13 @@ int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size
             rc = wait_for(c, &c->q->hdr->not_empty, deadline, get_attempt, &ds[0], AR_EMPTY);
         if (rc == AR_OK) {
             size_t k = 1;
+            ar_run runs[R_COUNT] = {{0}};
             spin_lock(&c->lock);
             int r2 = AR_OK;
-            while (k < room && (r2 = try_get(c, &ds[k])) == AR_OK)
+            while (k < room && (r2 = try_get(c, &ds[k], runs)) == AR_OK)
                 k++;
+            ring_run_end(c->q, R_READY, &runs[R_READY]);
+            ring_run_end(c->q, R_REQUEUE, &runs[R_REQUEUE]);
             spin_unlock(&c->lock);
             if (LOAD(&c->closed, SEQ)) {
                 for (size_t i = 0; i < k; i++)
@@ -557,17 +613,18 @@ static int check_delivery(ar_client *c, ar_delivery *d) {
     return AR_OK;
 }
 
-/* One settle under the client lock.  Counts are the caller's. */
-static int settle_one(ar_client *c, ar_delivery *d, int how) {
+/* One settle under the client lock.  Counts are the caller's.  runs: NULL,
+ * or settle_many's runs on the free and requeue rings. */
+static int settle_one(ar_client *c, ar_delivery *d, int how, ar_run *runs) {
     ar_queue *q = c->q;
     uint64_t w = d->word;
     if (SW_OWNER(w) != c->entry || SW_STATE(w) != AR_S_DELIVERED)
         return AR_STALE;
     switch (how) {
     case AR_ACK:
-        return free_slot(q, c->entry, d->index, &w, AR_OUT_ACKED, T4);
+        return free_slot(q, c->entry, d->index, &w, AR_OUT_ACKED, T4, runs ? &runs[R_FREE] : NULL);
     case AR_REQUEUE:
-        return requeue_slot(q, c->entry, d->index, &w, T5);
+        return requeue_slot(q, c->entry, d->index, &w, T5, runs ? &runs[R_REQUEUE] : NULL);
     default:
         return dead_letter(q, c->entry, d->index, w, d, AR_DL_REJECTED);
     }
@@ -594,7 +651,7 @@ int ar_settle(ar_delivery *d, int how) {
     int k = settle_counter[how];
     if (k >= 0)
         count(c->q, c->entry, k, 1);
-    rc = settle_one(c, d, how);
+    rc = settle_one(c, d, how, NULL);
     if (rc != AR_OK && k >= 0)
         count(c->q, c->entry, k, (uint64_t)-1);
     spin_unlock(&c->lock);
@@ -633,11 +690,14 @@ int ar_settle_many(ar_client *c, ar_delivery *const *ds, size_t n, int how, int 
     spin_lock(&c->lock);
     if (k >= 0)
         count(c->q, c->entry, k, n); /* before any settle is visible, as in ar_settle */
+    ar_run runs[R_COUNT] = {{0}};
     for (i = 0; i < n; i++) {
-        rcs[i] = settle_one(c, ds[i], how);
+        rcs[i] = settle_one(c, ds[i], how, runs);
         ok += rcs[i] == AR_OK;
         ds[i]->flags |= AR_D_SETTLED;
     }
+    ring_run_end(c->q, R_FREE, &runs[R_FREE]);
+    ring_run_end(c->q, R_REQUEUE, &runs[R_REQUEUE]);
     if (k >= 0 && ok < n)
         count(c->q, c->entry, k, (uint64_t)0 - (n - ok));
     spin_unlock(&c->lock);

@@ -79,13 +79,13 @@ static int dlq_put(ar_queue *q, uint32_t e, const ar_death *dh, const unsigned c
     for (int tries = 0; rc == AR_OK && tries < 8; tries++) {
         uint32_t v;
         uint64_t ww, use;
-        rc = alloc_slot(dq, de, &v, &ww, &use);
+        rc = alloc_slot(dq, de, &v, &ww, &use, NULL);
         if (rc == AR_OK) {
             ar_slot *s = slot_at(dq, v);
             memcpy(payload(s), dh, AR_DEATH_SIZE);
             if (blen)
                 memcpy(payload(s) + AR_DEATH_SIZE, body, blen);
-            rc = publish_slot(dq, de, v, s, ww, AR_DEATH_SIZE + blen, 0);
+            rc = publish_slot(dq, de, v, s, ww, AR_DEATH_SIZE + blen, 0, 0, NULL);
             break;
         }
         if (rc != AR_FULL)
@@ -94,8 +94,8 @@ static int dlq_put(ar_queue *q, uint32_t e, const ar_death *dh, const unsigned c
         int dropped = 0;
         for (int r = R_READY; r <= R_REQUEUE && !dropped; r++) {
             uint64_t w;
-            if (ring_take(dq, r, de, &v, &w) == AR_OK) {
-                if (free_slot(dq, de, v, &w, AR_OUT_DROPPED, T11) == AR_OK) {
+            if (ring_take(dq, r, de, &v, &w, NULL) == AR_OK) {
+                if (free_slot(dq, de, v, &w, AR_OUT_DROPPED, T11, NULL) == AR_OK) {
                     count(dq, de, CNT_DROPPED, 1);
                     count(q, e, CNT_DLQ_DROPPED, 1);
                     dropped = 1;
@@ -136,7 +136,7 @@ int dead_letter(ar_queue *q, uint32_t e, uint32_t v, uint64_t w, const ar_delive
      * settle (and its receipt) is visible, undone if it fails. */
     int which = outcome == AR_OUT_DROPPED ? CNT_DROPPED : dl_counter[reason];
     count(q, e, which, 1);
-    int rc = free_slot(q, e, v, &w, outcome, T7);
+    int rc = free_slot(q, e, v, &w, outcome, T7, NULL);
     if (rc != AR_OK)
         count(q, e, which, (uint64_t)-1);
     return rc;
@@ -146,7 +146,7 @@ int fill_delivery(ar_queue *q, uint32_t e, uint32_t v, uint64_t w, ar_delivery *
     int rc = read_slot(q, v, w, d);
     if (rc == AR_CORRUPT) {
         /* Discarded (T14): an error is raised, nothing is silently skipped. */
-        if (free_slot(q, e, v, &w, AR_OUT_DISCARDED, T14) == AR_OK)
+        if (free_slot(q, e, v, &w, AR_OUT_DISCARDED, T14, NULL) == AR_OK)
             count(q, e, CNT_DISCARDED, 1);
     }
     return rc;
@@ -218,7 +218,7 @@ int expire_leases(ar_queue *q, uint32_t o, uint32_t *n) {
                 continue;
             ar_delivery d;
             if (read_slot(q, i, dying, &d) != AR_OK) {
-                free_slot(q, o, i, &dying, AR_OUT_DISCARDED, T7);
+                free_slot(q, o, i, &dying, AR_OUT_DISCARDED, T7, NULL);
                 rc = CORRUPT();
                 continue;
             }
@@ -226,7 +226,7 @@ int expire_leases(ar_queue *q, uint32_t o, uint32_t *n) {
                 (*n)++;
         } else {
             count(q, o, CNT_LEASE_EXPIRED, 1); /* before the redelivery is visible */
-            if (requeue_slot(q, o, i, &w, T9) == AR_OK)
+            if (requeue_slot(q, o, i, &w, T9, NULL) == AR_OK)
                 (*n)++;
             else
                 count(q, o, CNT_LEASE_EXPIRED, (uint64_t)-1);

@@ -81,7 +81,7 @@ int ar_stats_read(const ar_queue *q, ar_stats *st) {
     st->durability = q->durability;
     uint64_t *ringn[3] = {&st->free_ring, &st->ready_ring, &st->requeue_ring};
     for (int r = 0; r < R_COUNT; r++)
-        *ringn[r] = LOAD(&q->hdr->tail[r].pos, RLX) - LOAD(&q->hdr->head[r].pos, RLX);
+        *ringn[r] = ring_count(q, r);
     st->syncs = LOAD(&q->hdr->syncs, RLX);
     st->synced_seq = LOAD(&q->hdr->sync_done, RLX);
     st->pub_seq = LOAD(&q->hdr->pub_seq, RLX);
@@ -116,6 +116,7 @@ int ar_inspect_header(const ar_queue *q, ar_header_raw *o) {
         o->head[r] = LOAD(&h->head[r].pos, ACQ);
         o->tail[r] = LOAD(&h->tail[r].pos, ACQ);
     }
+    o->hint_lag = q->run_max;
     o->not_empty = LOAD(&h->not_empty.seq, RLX);
     o->not_full = LOAD(&h->not_full.seq, RLX);
     o->synced_seq = LOAD(&h->sync_done, RLX);
@@ -155,12 +156,14 @@ int ar_peek(const ar_queue *q, ar_peek_item *items, size_t n, size_t *got) {
     if (q->corrupt)
         return CORRUPT();
     /* Delivery order: the requeue ring, then the ready ring; the entries
-     * between head and tail, at most one lap. */
+     * from head to tail, each hint allowed its lag (I1): at most a lap and
+     * two runs. */
     for (int r = R_REQUEUE; r >= R_READY && *got < n; r--) {
         uint64_t hd = LOAD(&q->hdr->head[r].pos, ACQ), t = LOAD(&q->hdr->tail[r].pos, ACQ);
-        if ((int64_t)(t - hd) < 0 || t - hd > q->capacity)
+        int64_t L = (int64_t)q->run_max, span = (int64_t)(t - hd);
+        if (span < -L || span > (int64_t)q->capacity + L)
             return CORRUPT();
-        for (uint64_t p = hd; p < t && *got < n; p++) {
+        for (uint64_t p = hd; (int64_t)(t + (uint64_t)L - p) > 0 && *got < n; p++) {
             uint64_t c = LOAD(&q->cells[r][p & q->mask], ACQ);
             if (seq_diff(CELL_SEQ(c), p + 1) != 0)
                 continue; /* popped meanwhile */
@@ -231,7 +234,7 @@ int ar_purge(ar_client *c, uint64_t *n) {
      * producer that keeps publishing cannot keep us here. */
     uint64_t limit = 0;
     for (int r = R_READY; r <= R_REQUEUE; r++)
-        limit += LOAD(&q->hdr->tail[r].pos, ACQ) - LOAD(&q->hdr->head[r].pos, ACQ);
+        limit += ring_count(q, r) + q->run_max; /* a hint may lag by a run (I1) */
     if (limit > q->capacity)
         limit = q->capacity;
     spin_lock(&c->lock);
@@ -240,7 +243,7 @@ int ar_purge(ar_client *c, uint64_t *n) {
         uint64_t w;
         int r, got = AR_EMPTY;
         for (r = R_REQUEUE; r >= R_READY; r--)
-            if ((got = ring_take(q, r, c->entry, &v, &w)) != AR_EMPTY)
+            if ((got = ring_take(q, r, c->entry, &v, &w, NULL)) != AR_EMPTY)
                 break;
         if (got == AR_EMPTY)
             break;
@@ -248,7 +251,7 @@ int ar_purge(ar_client *c, uint64_t *n) {
             rc = got;
             break;
         }
-        if (free_slot(q, c->entry, v, &w, AR_OUT_PURGED, T11) == AR_OK)
+        if (free_slot(q, c->entry, v, &w, AR_OUT_PURGED, T11, NULL) == AR_OK)
             (*n)++;
         unmark_take(q, c->entry);
     }

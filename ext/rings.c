@@ -11,6 +11,11 @@
  * A slot index is in at most one ring at a time, so a ring never holds more
  * than `capacity` entries and a push always finds its cell free (I3); a push
  * that does not is a corrupted segment.
+ *
+ * Batch calls push or pop runs (ar_run): after the first cell they try the
+ * next position's cell directly and move the hint once at the end, so a
+ * batch of k costs k cell CASes and about k / run_max hint CASes instead of
+ * 2k.  A hint then lags by up to run_max positions (I1), never a lap.
  */
 #include "ar_internal.h"
 
@@ -33,9 +38,46 @@ int ring_for_word(uint64_t w) {
     return -1;
 }
 
-int ring_push(ar_queue *q, int r, uint32_t v) {
+/* Move a hint forward to `to` (a run's end) unless it is there or past it
+ * already.  Every position below `to` was pushed (popped): the run's own
+ * cells, and below the run's start what the hint had already passed when
+ * the run began (it began at the hint's value then). */
+static void hint_jump(uint64_t *pos, uint64_t to) {
+    uint64_t cur = LOAD(pos, RLX);
+    for (uint32_t n = 0; n < AR_SPIN_BOUND && (int64_t)(to - cur) > 0; n++)
+        if (CAS(pos, &cur, to, REL, RLX)) /* release: as help_advance */
+            return;
+}
+
+/* End a run: the hint (tail for a push run, head for a take run) moves past
+ * the run's last cell.  A process that dies before this leaves the hint up
+ * to run_max behind, which the next push (take) or reclaim pass helps on. */
+void ring_run_end(ar_queue *q, int r, ar_run *run) {
+    if (run->next == run->start)
+        return;
+    hint_jump(run->take ? &q->hdr->head[r].pos : &q->hdr->tail[r].pos, run->next);
+    run->start = run->next = 0;
+}
+
+int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run) {
     ar_header *h = q->hdr;
     uint64_t *cells = q->cells[r];
+    if (run && run->next != run->start) {
+        uint64_t t = run->next;
+        if (t - run->start < q->run_max) {
+            /* the run goes on: try the next position's cell directly.  Its
+             * CAS claims it exactly as below; a cell not free for t (someone
+             * else pushed there) ends the run. */
+            uint64_t *cp = &cells[t & q->mask];
+            uint64_t c = LOAD(cp, ACQ);
+            if (seq_diff(CELL_SEQ(c), t) == 0 && CAS(cp, &c, CELL(SEQ40(t + 1), v), SEQ, RLX)) {
+                run->next = t + 1;
+                HOOK(H_RUN_PUSHED); /* tail now lags the run by >= 2: design.md 6.3 */
+                return AR_OK;
+            }
+        }
+        ring_run_end(q, r, run);
+    }
     for (uint32_t n = 0; n < AR_SPIN_BOUND; n++) {
         uint64_t t = LOAD(&h->tail[r].pos, ACQ);
         uint64_t *cp = &cells[t & q->mask];
@@ -46,14 +88,21 @@ int ring_push(ar_queue *q, int r, uint32_t v) {
              * CAS.  seq_cst: release for everything the pusher wrote (the
              * slot), and the waker's half of I6 (wait.c). */
             if (CAS(cp, &c, CELL(SEQ40(t + 1), v), SEQ, RLX)) {
-                help_advance(&h->tail[r].pos, t);
+                if (run) { /* a run starts at the hint's value: tail moves at its end */
+                    run->start = t;
+                    run->next = t + 1;
+                    run->take = 0;
+                } else {
+                    help_advance(&h->tail[r].pos, t);
+                }
                 return AR_OK;
             }
             continue;
         }
         if (d == 1 || d == (int64_t)q->capacity) {
             /* pushed at t already (and maybe popped since: d == R), but the
-             * pusher has not advanced tail yet: help it */
+             * pusher has not advanced tail yet (it is in a run, or between
+             * its CAS and help_advance): help it */
             help_advance(&h->tail[r].pos, t);
             continue;
         }
@@ -81,12 +130,19 @@ static inline int takeable(int r, uint64_t w) {
     return ring_for_word(w) == r;
 }
 
-int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout) {
+int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar_run *run) {
     ar_header *h = q->hdr;
     uint64_t *cells = q->cells[r];
     int64_t R = (int64_t)q->capacity;
     for (uint32_t n = 0; n < AR_SPIN_BOUND; n++) {
-        uint64_t hd = LOAD(&h->head[r].pos, ACQ);
+        /* In a run, look at the run's next position first; anything there
+         * but a full cell ends the run and we look again from the hint. */
+        int in_run = run && run->next != run->start;
+        if (in_run && run->next - run->start >= q->run_max) {
+            ring_run_end(q, r, run);
+            in_run = 0;
+        }
+        uint64_t hd = in_run ? run->next : LOAD(&h->head[r].pos, ACQ);
         uint64_t *cp = &cells[hd & q->mask];
         uint64_t c = LOAD(cp, ACQ); /* acquire: pairs with the push CAS (the slot is visible) */
         if (UNLIKELY(LOAD(&count_probes, RLX)))
@@ -97,8 +153,12 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout) {
             if (UNLIKELY(v >= q->capacity)) {
                 /* I4: an index read from the segment.  Pop the bad entry so
                  * the ring moves on, and say so once. */
-                if (CAS(cp, &c, CELL(SEQ40(hd + (uint64_t)R), v), SEQ, RLX))
-                    help_advance(&h->head[r].pos, hd);
+                if (CAS(cp, &c, CELL(SEQ40(hd + (uint64_t)R), v), SEQ, RLX)) {
+                    if (in_run)
+                        run->next = hd + 1;
+                    else
+                        help_advance(&h->head[r].pos, hd);
+                }
                 return CORRUPT();
             }
             uint64_t w = LOAD(&slot_at(q, v)->word, ACQ);
@@ -108,9 +168,21 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout) {
             /* seq_cst: releases the marker store to whoever sees the pop. */
             if (!CAS(cp, &c, CELL(SEQ40(hd + (uint64_t)R), v), SEQ, RLX)) {
                 unmark_take(q, e);
+                if (in_run)
+                    ring_run_end(q, r, run); /* another taker got there: look from the hint */
                 continue;
             }
-            help_advance(&h->head[r].pos, hd);
+            if (run) { /* a run starts at the hint's value: head moves at its end */
+                if (!in_run) {
+                    run->start = hd;
+                    run->take = 1;
+                }
+                run->next = hd + 1;
+                if (in_run)
+                    HOOK(H_RUN_TAKEN); /* head lags the run by >= 2: design.md 6.3 */
+            } else {
+                help_advance(&h->head[r].pos, hd);
+            }
             if (UNLIKELY(!takeable(r, w))) {
                 /* An entry whose slot is not in this ring's state: never
                  * made by a sound segment.  Dropped (its slot is accounted
@@ -123,15 +195,21 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout) {
             *wout = w;
             return AR_OK;
         }
+        if (in_run) {
+            ring_run_end(q, r, run);
+            continue;
+        }
         if (d == -1) {
             /* Nothing pushed at hd yet: empty, if head is still hd and sane. */
             if (LOAD(&h->head[r].pos, ACQ) != hd)
                 continue;
-            /* Each hint lags the truth by at most one position (a pusher or
-             * popper between its cell CAS and its advance, which the next one
-             * helps), so tail - head is within [-1, R + 1]. */
+            /* Each hint lags the truth by at most run_max positions (a
+             * pusher or popper in a run, or between its cell CAS and its
+             * advance, which the next one helps), so tail - head is within
+             * [-run_max, R + run_max] (I1). */
             uint64_t t = LOAD(&h->tail[r].pos, ACQ);
-            if ((int64_t)(t - hd) < -1 || (int64_t)(t - hd) > R + 1) {
+            int64_t L = (int64_t)q->run_max;
+            if ((int64_t)(t - hd) < -L || (int64_t)(t - hd) > R + L) {
                 if (LOAD(&h->head[r].pos, ACQ) != hd)
                     continue; /* both moved on while we looked */
                 return CORRUPT(); /* head far ahead of tail, or more than a lap behind */
@@ -140,7 +218,8 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout) {
         }
         if (d > 0 && d <= R) {
             /* popped at hd already (d == R - 1), maybe pushed again one lap
-             * on (d == R): the head hint lags by one.  Help it. */
+             * on (d == R): the head hint lags (a taker in a run, or between
+             * its CAS and its advance).  Help it. */
             help_advance(&h->head[r].pos, hd);
             continue;
         }
@@ -155,6 +234,37 @@ int ring_empty(ar_queue *q, int r) {
     uint64_t hd = LOAD(&q->hdr->head[r].pos, ACQ);
     uint64_t c = LOAD(&q->cells[r][hd & q->mask], ACQ);
     return seq_diff(CELL_SEQ(c), hd + 1) < 0;
+}
+
+/* Entries between the hints, for stats and bounds: tail - head, which a
+ * hint's lag (I1) can make a little short, or negative (then 0). */
+uint64_t ring_count(const ar_queue *q, int r) {
+    uint64_t hd = LOAD(&q->hdr->head[r].pos, ACQ), t = LOAD(&q->hdr->tail[r].pos, ACQ);
+    int64_t n = (int64_t)(t - hd);
+    return n < 0 ? 0 : n > (int64_t)q->capacity ? q->capacity : (uint64_t)n;
+}
+
+/* Help every hint past the cells pushed or popped before it (at most
+ * run_max each): what a process that died in a run left behind.  Run by the
+ * reclaim pass, so stats and check() see exact hints afterwards. */
+void ring_settle_hints(ar_queue *q) {
+    ar_header *h = q->hdr;
+    for (int r = 0; r < R_COUNT; r++) {
+        for (uint32_t n = 0; n <= q->run_max; n++) {
+            uint64_t t = LOAD(&h->tail[r].pos, ACQ);
+            int64_t d = seq_diff(CELL_SEQ(LOAD(&q->cells[r][t & q->mask], ACQ)), t);
+            if (d != 1 && d != (int64_t)q->capacity)
+                break;
+            help_advance(&h->tail[r].pos, t);
+        }
+        for (uint32_t n = 0; n <= q->run_max; n++) {
+            uint64_t hd = LOAD(&h->head[r].pos, ACQ);
+            int64_t d = seq_diff(CELL_SEQ(LOAD(&q->cells[r][hd & q->mask], ACQ)), hd + 1);
+            if (d <= 0 || d > (int64_t)q->capacity)
+                break;
+            help_advance(&h->head[r].pos, hd);
+        }
+    }
 }
 
 /* Is index v an entry of ring r now? (A full cell j has seq == j + 1 mod R.) */
@@ -218,7 +328,7 @@ int ensure_in_ring(ar_queue *q, uint32_t acting, uint32_t v, uint64_t w, int *pu
         if (LOAD(&s->word, SEQ) != w)
             return AR_OK;
         mark_push(q, acting, v, w);
-        int rc = ring_push(q, r, v);
+        int rc = ring_push(q, r, v, NULL);
         unmark_push(q, acting);
         *pushed = rc == AR_OK;
         if (r == R_FREE)

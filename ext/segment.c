@@ -66,6 +66,9 @@ static void set_geometry(ar_queue *q, const ar_header *h) {
     q->capacity = h->capacity;
     q->mask = h->capacity - 1;
     q->shift = (uint32_t)__builtin_ctz(h->capacity);
+    q->run_max = q->capacity / 2 < AR_RUN_MAX ? q->capacity / 2 : AR_RUN_MAX;
+    if (q->run_max == 0)
+        q->run_max = 1;
     q->message_size = h->message_size;
     q->slot_size = h->slot_size;
     q->max_clients = h->max_clients;

@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Allowed (from, to) state pairs of each transition label: design.md 3.2. */
+/* Allowed (from, to) state pairs of each transition label: design.md 3.2.
+ * Checked on every slot CAS in ACKRING_DEBUG builds. */
+#ifdef ACKRING_DEBUG
 static const struct { uint8_t from, to; } transitions[T16 + 1] = {
     [T1] = {AR_S_FREE, AR_S_WRITING},       /* allocate */
     [T2] = {AR_S_WRITING, AR_S_READY},      /* publish */
@@ -34,23 +36,16 @@ static const struct { uint8_t from, to; } transitions[T16 + 1] = {
     [T16] = {AR_S_FREE, AR_S_FREE},         /* (unused) */
 };
 
-int slot_cas(ar_queue *q, ar_slot *s, uint64_t *expected, uint64_t desired, int label) {
-#ifdef ACKRING_DEBUG
-    if (label < T1 || label > T14 || transitions[label].from != SW_STATE(*expected) ||
+/* ar_internal.h:slot_cas calls this in debug builds. */
+void slot_cas_check(uint64_t expected, uint64_t desired, int label) {
+    if (label < T1 || label > T14 || transitions[label].from != SW_STATE(expected) ||
         transitions[label].to != SW_STATE(desired)) {
-        fprintf(stderr, "ackring: illegal slot transition T%d %u -> %u\n", label, SW_STATE(*expected),
+        fprintf(stderr, "ackring: illegal slot transition T%d %u -> %u\n", label, SW_STATE(expected),
                 SW_STATE(desired));
         abort();
     }
-#else
-    (void)transitions;
-    (void)label;
-#endif
-    (void)q;
-    /* seq_cst: each transition releases what its maker wrote (payload, fields)
-     * to the next owner's acquire, and is ordered with the markers (I7). */
-    return CAS(&s->word, expected, desired, SEQ, ACQ);
 }
+#endif
 
 uint32_t slot_crc(const ar_queue *q, const ar_slot *s, uint32_t len) {
     struct {
@@ -66,11 +61,11 @@ uint32_t slot_crc(const ar_queue *q, const ar_slot *s, uint32_t len) {
 /* Take a free slot for entry e: pop its index from the free ring, then
  * FREE -> WRITING (T1) naming e.  AR_FULL when `capacity` messages are
  * unsettled (the free ring is empty). */
-int alloc_slot(ar_queue *q, uint32_t e, uint32_t *vout, uint64_t *wwriting, uint64_t *useout) {
+int alloc_slot(ar_queue *q, uint32_t e, uint32_t *vout, uint64_t *wwriting, uint64_t *useout, ar_run *run) {
     for (uint32_t n = 0; n < AR_SPIN_BOUND; n++) {
         uint32_t v;
         uint64_t w;
-        int rc = ring_take(q, R_FREE, e, &v, &w);
+        int rc = ring_take(q, R_FREE, e, &v, &w, run);
         if (rc == AR_EMPTY)
             return AR_FULL;
         if (rc != AR_OK)
@@ -106,13 +101,14 @@ int alloc_slot(ar_queue *q, uint32_t e, uint32_t *vout, uint64_t *wwriting, uint
 
 /* WRITING -> READY (T2) of a slot whose payload is in place, then its index
  * onto the ready ring: the publisher confirm of a memory queue. */
-int publish_slot(ar_queue *q, uint32_t e, uint32_t v, ar_slot *s, uint64_t ww, uint32_t len, uint64_t ttl_ns) {
+int publish_slot(ar_queue *q, uint32_t e, uint32_t v, ar_slot *s, uint64_t ww, uint32_t len, uint64_t ttl_ns,
+                 uint64_t now_ns, ar_run *run) {
     uint64_t ttl = q->cfg.default_ttl_ns;
     if (ttl_ns && (!ttl || ttl_ns < ttl)) /* the lower TTL wins */
         ttl = ttl_ns;
     /* who: the WRITING owner; relaxed: the T2 CAS below releases them. */
     STORE(&s->len, len, RLX);
-    STORE(&s->publish_ns, ar_realtime_ns(), RLX);
+    STORE(&s->publish_ns, now_ns ? now_ns : ar_realtime_ns(), RLX); /* a batch reads the clock once */
     STORE(&s->expire_ns, ttl ? ttl_clock_ns(q) + ttl : 0, RLX);
     if (q->flags & AR_F_FILE)
         STORE(&s->pub_seq, FADD(&q->hdr->pub_seq, 1, RLX) + 1, RLX);
@@ -127,7 +123,7 @@ int publish_slot(ar_queue *q, uint32_t e, uint32_t v, ar_slot *s, uint64_t ww, u
     }
     HOOK(H_PUBLISH_READY);
     count(q, e, CNT_PUBLISHED, 1); /* before a consumer can take (and ack) it */
-    int rc = ring_push(q, R_READY, v);
+    int rc = ring_push(q, R_READY, v, run);
     unmark_push(q, e);
     wake_consumers(q);
     return rc;
@@ -135,7 +131,7 @@ int publish_slot(ar_queue *q, uint32_t e, uint32_t v, ar_slot *s, uint64_t ww, u
 
 /* (DELIVERED|DYING|WRITING|READY) -> FREE with an outcome, then the index
  * onto the free ring: a settle (T4, T7), a discard (T8, T14) or a drop (T11). */
-int free_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, uint32_t outcome, int label) {
+int free_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, uint32_t outcome, int label, ar_run *run) {
     ar_slot *s = slot_at(q, v);
     uint64_t wf = SWORD(AR_S_FREE, outcome, SW_GEN(*expected), SW_USE(*expected));
     mark_push(q, e, v, wf);
@@ -144,7 +140,7 @@ int free_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, uint32_t 
         return AR_STALE;
     }
     HOOK(H_ACK_FREED);
-    int rc = ring_push(q, R_FREE, v);
+    int rc = ring_push(q, R_FREE, v, run);
     unmark_push(q, e);
     if (q->flags & AR_F_FILE)
         durable_settled(q);
@@ -155,7 +151,7 @@ int free_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, uint32_t 
 /* (DELIVERED|DYING) -> READY, keeping the delivery count, then the index onto
  * the requeue ring, which consumers drain before the ready ring (T5, T9,
  * T12, T13). */
-int requeue_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, int label) {
+int requeue_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, int label, ar_run *run) {
     ar_slot *s = slot_at(q, v);
     uint32_t gen = SW_GEN(*expected);
     uint64_t wr = SWORD(AR_S_READY, AR_NO_OWNER, gen ? gen : 1, SW_USE(*expected));
@@ -165,7 +161,7 @@ int requeue_slot(ar_queue *q, uint32_t e, uint32_t v, uint64_t *expected, int la
         return AR_STALE;
     }
     HOOK(H_NACK_READY);
-    int rc = ring_push(q, R_REQUEUE, v);
+    int rc = ring_push(q, R_REQUEUE, v, run);
     unmark_push(q, e);
     wake_consumers(q);
     return rc;
@@ -187,13 +183,13 @@ int release_entry_slots(ar_queue *q, uint32_t e, uint32_t *requeued, uint32_t *d
                 break;
             int r;
             if (st == AR_S_WRITING) {
-                r = free_slot(q, e, i, &w, AR_OUT_DISCARDED, T8);
+                r = free_slot(q, e, i, &w, AR_OUT_DISCARDED, T8, NULL);
                 if (r != AR_STALE) {
                     (*discarded)++;
                     count(q, e, CNT_DISCARDED, 1);
                 }
             } else {
-                r = requeue_slot(q, e, i, &w, st == AR_S_DYING ? T13 : T12);
+                r = requeue_slot(q, e, i, &w, st == AR_S_DYING ? T13 : T12, NULL);
                 if (r != AR_STALE)
                     (*requeued)++;
             }

@@ -263,6 +263,9 @@ int ar_reclaim(ar_queue *q, ar_recovery *rec) {
             }
             ofd_unlock(q->fd, AR_LOCK_ENTRY0 + i);
         }
+        /* a process that died in a ring run left a hint behind its cells */
+        if (rec->entries)
+            ring_settle_hints(q);
         ofd_unlock(q->fd, AR_LOCK_RECLAIM);
     }
     if (LOAD(&q->hdr->leases_seen, RLX)) {

@@ -566,7 +566,7 @@ def hook_child(qname, point, action, conn):
             conn.send(("ready", os.getpid(), None))
             set_test_hook(point)
             q.producer()
-        elif action in ("put", "put_many", "reserve"):
+        elif action in ("put", "put_many", "put_many5", "reserve"):
             p = q.producer()
             conn.send(("ready", os.getpid(), None))
             set_test_hook(point)
@@ -574,6 +574,8 @@ def hook_child(qname, point, action, conn):
                 info = p.put(b"victim", timeout=5)
             elif action == "put_many":
                 info = p.put_many([b"victim-1", b"victim-2"], timeout=5)
+            elif action == "put_many5":
+                info = p.put_many([b"victim-%d" % i for i in range(1, 6)], timeout=5)
             else:
                 r = p.reserve(16, timeout=5)
                 as_view(r)[:6] = b"victim"
@@ -583,6 +585,11 @@ def hook_child(qname, point, action, conn):
             conn.send(("ready", os.getpid(), None))
             set_test_hook(point)
             info = c.get(timeout=5).id
+        elif action == "get_many":
+            c = q.consumer()
+            conn.send(("ready", os.getpid(), None))
+            set_test_hook(point)
+            info = [m.id for m in c.get_many(5, timeout=5)]
         elif action in ("ack", "ack_many", "nack", "reject"):
             c = q.consumer()
             ms = c.get_many(3, timeout=5)

@@ -181,7 +181,7 @@ SCRIBBLES = {
                     "ring places"),
     "cell-index-beyond": (U64, _full_free_cell, lambda old, r: (old & ~0xFFFFFF) | 200, "beyond capacity"),
     "cell-sequence": (U64, _full_free_cell, lambda old, r: old + (3 << 24), "belongs to no position"),
-    "head-ahead-of-tail": (U64, lambda r: r.head(1), lambda old, r: old + 6, "ahead of tail"),
+    "head-ahead-of-tail": (U64, lambda r: r.head(1), lambda old, r: old + 12, "ahead of tail"),   # beyond the hints' lag (hint_lag)
     "tail-too-far": (U64, lambda r: r.tail(0), lambda old, r: old + 20, "more than capacity"),
     "magic": (U64, lambda r: 0, lambda old, r: 0x1234, "magic"),
     "entry-state": (U64, lambda r: r.entry(0, E_WORD), lambda old, r: (old & ~0xFF) | 9, "unknown state"),

@@ -15,7 +15,8 @@ get_taken (DELIVERED, its take marker still set), ack_freed (FREE, not yet on
 the free ring), nack_ready (READY again, not yet on the requeue ring),
 dlq_dying / dlq_copied (dead-lettering), register_locked (an entry's lock
 held, the entry not yet ACTIVE), reclaim_locked (a reclaimer holding the
-locks), lease_taken and extend_read (leases).
+locks), lease_taken and extend_read (leases), run_pushed / run_taken (in a
+batch's ring run, the hint not yet moved over it).
 
 The parent's queue handles run with watchdog=None so that the repair happens
 in the reclaim() call the test makes, except in the watchdog tests.
@@ -89,8 +90,11 @@ def test_producer_killed_before_publish_loses_nothing_confirmed(procs, make_queu
     kill_and_reap(child)
     found = q.check()
     assert any("process is gone" in f for f in found), found
-    assert q.reclaim() == 1
-    assert q.last_recovery["entries"] == 1 and q.last_recovery[what] == 1, q.last_recovery
+    # put_many writes its whole chunk (both victims, WRITING) before it
+    # publishes the first: both are discarded
+    n = 2 if (action, point) == ("put_many", "put_writing") else 1
+    assert q.reclaim() == n
+    assert q.last_recovery["entries"] == 1 and q.last_recovery[what] == n, q.last_recovery
     assert q.check() == []
     assert q.reclaim() == 0          # idempotent
     after = p.put(b"after", timeout=1)
@@ -240,6 +244,134 @@ def test_consumer_killed_while_dead_lettering(procs, make_queue, point, copies):
     with q.dead_letters.consumer() as dc:
         dead = W.drain(dc, 0.1, lambda m: (m.body, m.death["id"]))
     assert dead == [(b"d0", ids[0])] * copies
+
+
+# ------------------------------------------------------------ batch ring runs
+#
+# put_many, get_many and settle_many push (take) runs of ring cells and move
+# the ring's tail (head) hint once at the end (docs/design.md 3.5): a process
+# that dies in the middle leaves the hint behind cells it already did.
+
+FREE, READY, REQUEUE = 0, 1, 2
+
+
+def raw_hints(q):
+    h = q._seg.raw_header()
+    return h["head"], h["tail"]
+
+
+def rings_account_for_every_slot(q):
+    """Hints exact again: the three rings' counts plus the slots out of them
+    (in flight, being written) are the capacity."""
+    s = q.stats()
+    assert s["free_ring"] + s["ready_ring"] + s["requeue_ring"] + s["in_flight"] + s["writing"] == q.capacity, s
+
+
+@pytest.mark.timeout(60)
+def test_producer_killed_in_a_put_many_run(procs, make_queue):
+    """Killed after its second ready push of a put_many: both messages are on
+    the ring (delivered: the put never returned, at-least-once), the ready
+    ring's tail still points at the first; the other three were written but
+    not published (WRITING: discarded); nothing stalls, reclaim moves the
+    hints."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    p = q.producer()
+    before = p.put(b"before", timeout=1)
+    child, _ = stop_child_at(procs, q.name, "run_pushed", "put_many5")
+    kill_and_reap(child)
+    head, tail = raw_hints(q)
+    assert (head[READY], tail[READY]) == (0, 1)      # two cells pushed past the tail hint
+    # five free takes: a run of run_max = 4 (capacity 8), its hint moved to
+    # 5, then a new run whose one take is past the hint
+    assert (head[FREE], tail[FREE], q._seg.raw_header()["hint_lag"]) == (5, 8, 4)
+    found = q.check()
+    assert any("process is gone" in f for f in found), found
+    assert not any("ring" in f and "cell" in f for f in found), found   # a lagging hint is no finding
+    assert q.reclaim() == 3, q.last_recovery
+    assert (q.last_recovery["entries"], q.last_recovery["discarded"]) == (1, 3), q.last_recovery
+    head, tail = raw_hints(q)
+    assert (head[READY], tail[READY], head[FREE], tail[FREE]) == (0, 3, 6, 11)
+    assert q.check() == []
+    rings_account_for_every_slot(q)
+    c = q.consumer()
+    assert [b for _, b, _ in drain(c)] == [b"before", b"victim-1", b"victim-2"]
+    full_capacity_still_usable(q, p, c)
+
+
+@pytest.mark.timeout(60)
+def test_stopped_producer_in_a_run_does_not_stall_others(procs, make_queue):
+    """Stopped (alive) in its run: other producers push past it (they help
+    the tail hint over its cells), and when it resumes its put_many ends."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    child, _, conn = stop_child_at(procs, q.name, "run_pushed", "put_many5", with_conn=True)
+    p, c = q.producer(), q.consumer()
+    bodies = []
+    for i in range(40):                        # five laps of the free ring past the stopped run
+        p.put(b"m%d" % i, timeout=1)
+        ms = c.get_many(8, timeout=1)
+        bodies += [m.body for m in ms]
+        c.ack_many(ms)
+    assert q.check() == []                     # the stopped one is alive; its hint lag is no finding
+    # the hook stays set: the child stops again at each later push of its run
+    deadline = time.monotonic() + 20
+    while not conn.poll(0.01):
+        assert time.monotonic() < deadline, "the stopped put_many never returned"
+        if psutil.Process(child.pid).status() == psutil.STATUS_STOPPED:
+            os.kill(child.pid, signal.SIGCONT)
+    assert conn.recv()[0] == "returned"
+    child.join(10)
+    bodies += [b for _, b, _ in drain(c)]
+    assert sorted(bodies) == sorted([b"m%d" % i for i in range(40)] + [b"victim-%d" % i for i in range(1, 6)])
+    assert q.check() == []
+    rings_account_for_every_slot(q)
+
+
+@pytest.mark.timeout(60)
+def test_consumer_killed_in_a_get_many_run(procs, make_queue):
+    """Killed at the third take of a get_many (the second of its run), the
+    popped slot still READY: the two it took are redelivered, the popped one
+    goes back to the ready ring, and the head hint catches up."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    p = q.producer()
+    ids = p.put_many([b"A", b"B", b"C", b"D", b"E"], timeout=1)
+    child, _ = stop_child_at(procs, q.name, "run_taken", "get_many")
+    kill_and_reap(child)
+    head, tail = raw_hints(q)
+    assert (head[READY], tail[READY]) == (1, 5)      # the run's two pops are past the head hint
+    assert q.reclaim() == 3, q.last_recovery
+    assert (q.last_recovery["requeued"], q.last_recovery["repushed"]) == (2, 1), q.last_recovery
+    head, tail = raw_hints(q)
+    assert (head[READY], tail[READY]) == (3, 6)
+    assert q.check() == []
+    rings_account_for_every_slot(q)
+    c = q.consumer()
+    got = drain(c)
+    assert sorted(got) == sorted([(ids[0], b"A", 2), (ids[1], b"B", 2), (ids[2], b"C", 1),
+                                  (ids[3], b"D", 1), (ids[4], b"E", 1)]), got
+    assert [b for _, b, _ in got[:2]] == [b"A", b"B"]   # redelivered ones first
+    assert q.stats()["recovered"] == 2
+    full_capacity_still_usable(q, p, c)
+
+
+@pytest.mark.timeout(60)
+def test_consumer_killed_in_an_ack_many_run(procs, make_queue):
+    """Killed after the second free push of an ack_many: those two stay acked
+    (never redelivered), the third is redelivered, the free ring's tail hint
+    catches up and no index is lost."""
+    q = make_queue(capacity=8, message_size=64, watchdog=None)
+    p = q.producer()
+    ids = p.put_many([b"m0", b"m1", b"m2"], timeout=1)
+    child, _ = stop_child_at(procs, q.name, "run_pushed", "ack_many")
+    kill_and_reap(child)
+    assert raw_hints(q)[1][FREE] == 8                 # two frees pushed past the tail hint
+    assert q.reclaim() == 1 and q.last_recovery["requeued"] == 1, q.last_recovery
+    assert raw_hints(q)[1][FREE] == 10
+    assert q.check() == []
+    rings_account_for_every_slot(q)
+    c = q.consumer()
+    assert drain(c) == [(ids[2], b"m2", 2)]
+    assert [p.wait_acked(i, timeout=1).outcome for i in ids[:2]] == ["acked", "acked"]
+    full_capacity_still_usable(q, p, c)
 
 
 # ------------------------------------------------------------ process table

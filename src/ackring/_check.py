@@ -50,11 +50,12 @@ def check_segment(seg):
                 marked[((mark >> 32) & 3, mark & 0xFFFFFFFF)] = e
 
     where = {}       # slot index -> rings holding it
+    lag = h["hint_lag"]  # how far head and tail may lag the cells (a ring run, design.md I1)
     for r, ring in enumerate(RINGS):
         head, tail = h["head"][r], h["tail"][r]
-        if tail < head:
+        if tail + lag < head:
             problems.append("%s ring: head %d is ahead of tail %d" % (ring, head, tail))
-        elif tail - head > cap:
+        elif tail - head > cap + lag:
             problems.append("%s ring: tail %d is more than capacity %d ahead of head %d" % (ring, tail, cap, head))
         cells = seg.raw_cells(r)
         # tail read again after the cells: pushes made while we read them are
@@ -70,7 +71,7 @@ def check_segment(seg):
                 elif _pos_diff(pos, head) < 0:
                     problems.append("%s ring cell %d: index %d at position %d, behind head %d: no get or put "
                                     "will reach it" % (ring, j, v, pos, head))
-                elif _pos_diff(pos, later_tail) > 0:
+                elif _pos_diff(pos, later_tail) >= lag:
                     problems.append("%s ring cell %d: index %d at position %d, ahead of tail %d: no get or put "
                                     "will reach it" % (ring, j, v, pos, later_tail))
                 else:

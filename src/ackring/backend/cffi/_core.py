@@ -264,7 +264,7 @@ class Segment:
         d = {k: getattr(h, k) for k in (
             "magic", "version", "header_size", "capacity", "message_size", "slot_size", "max_clients",
             "flags", "mode", "queue_id", "peer_id", "total_size", "shutdown", "leases_seen", "durability",
-            "not_empty", "not_full", "synced_seq", "pub_seq")}
+            "not_empty", "not_full", "synced_seq", "pub_seq", "hint_lag")}
         d["head"] = list(h.head)
         d["tail"] = list(h.tail)
         return d

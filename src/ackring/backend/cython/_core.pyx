@@ -99,6 +99,7 @@ cdef extern from "ackring.h" nogil:
         uint64_t tail[3]
         uint32_t not_empty, not_full
         uint64_t synced_seq, pub_seq
+        uint32_t hint_lag
     ctypedef struct ar_slot_raw:
         uint64_t word, lease, use, publish_ns, pub_seq
         uint32_t len, crc, crc_ok
@@ -434,7 +435,7 @@ cdef class Segment:
                 "leases_seen": h.leases_seen, "durability": h.durability,
                 "head": [h.head[0], h.head[1], h.head[2]], "tail": [h.tail[0], h.tail[1], h.tail[2]],
                 "not_empty": h.not_empty, "not_full": h.not_full, "synced_seq": h.synced_seq,
-                "pub_seq": h.pub_seq}
+                "pub_seq": h.pub_seq, "hint_lag": h.hint_lag}
 
     def raw_slots(self):
         """(word, lease, use, len, crc_ok, publish_ns, pub_seq) of every slot."""
