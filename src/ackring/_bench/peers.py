@@ -35,6 +35,7 @@ import queue as _queue
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
@@ -55,6 +56,10 @@ def _token() -> str:
 
 def _short(i: int, n: int, what: str = "messages") -> BenchError:
     return BenchError("consumer got only %d of %d %s before a get timed out" % (i, n, what))
+
+
+def _put_timeout(i: int, n: int, timeout: float) -> BenchError:
+    return BenchError("producer put only %d of %d messages: the next put timed out after %gs" % (i, n, timeout))
 
 
 class _McEnd:
@@ -454,6 +459,7 @@ class Ends:
 
     put(data)      blocking put (bounded by params.timeout where the peer can)
     get()          blocking get, raises one of ``empty`` after params.timeout
+                   (put raises one of ``full`` where it has a timeout)
     poll()         get that gives up after POLL_SLICE (MPMC consumers)
     nowait()       non-blocking get (leftover check)
     body(x)        bytes of a received item (for verification only)
@@ -465,6 +471,7 @@ class Ends:
     poll: Optional[Callable[[], Any]] = None
     nowait: Optional[Callable[[], Any]] = None
     empty: Tuple[type, ...] = (_queue.Empty,)
+    full: Tuple[type, ...] = (_queue.Full,)  # what a put that timed out raises
     body: Callable[[Any], Any] = bytes
     put_many: Optional[Callable[[List[bytes]], Any]] = None
     get_many: Optional[Callable[[], List[Any]]] = None
@@ -488,16 +495,25 @@ def _generic_produce(ends: Ends, params: Params, clock: Clock, idx: int) -> dict
         full, rest = divmod(n, params.batch)
         tail = chunk[:rest]
         clock.start()
-        for _ in range(full):
-            put_many(chunk)
-        if rest:
-            put_many(tail)
+        i = 0
+        try:
+            for i in range(full):
+                put_many(chunk)
+            i = full
+            if rest:
+                put_many(tail)
+        except ends.full:
+            raise _put_timeout(i * params.batch, n, params.timeout) from None
     else:
         api = "put"
         put = ends.put
         clock.start()
-        for _ in range(n):
-            put(data)
+        i = 0
+        try:
+            for i in range(n):
+                put(data)
+        except ends.full:
+            raise _put_timeout(i, n, params.timeout) from None
     if params.mode == MPMC:
         clock.producers_done()
     return {"api": api}
@@ -724,12 +740,16 @@ def _ff_open(qs: List[Any], params: Params, role: str, idx: int, clock: Clock) -
 
 def _zmq_setup(params: Params, ctx: Any) -> Tuple[Any, Callable[[], None]]:
     d = tempfile.mkdtemp(prefix="ackring-bench-zmq-")
-    return d, functools.partial(shutil.rmtree, d, True)
+    # Every producer and consumer meets here at its close: producers keep
+    # their sockets open until all consumers are done (see _zmq_open).
+    done = ctx.Barrier(params.producers + params.consumers)
+    return (d, done), functools.partial(shutil.rmtree, d, True)
 
 
-def _zmq_open(d: str, params: Params, role: str, idx: int, clock: Clock) -> Ends:
+def _zmq_open(handle: Tuple[str, Any], params: Params, role: str, idx: int, clock: Clock) -> Ends:
     import zmq
 
+    d, done = handle
     zctx = zmq.Context()
     ms = int(params.timeout * 1000)
     # Always copy: recv(copy=False) stalled intermittently (a few hundred
@@ -738,7 +758,26 @@ def _zmq_open(d: str, params: Params, role: str, idx: int, clock: Clock) -> Ends
     copy = True
     # Producers linger on close so queued messages still go out; nothing else must.
     linger = ms if role in ("producer", "ping", "echo") else 0
-    ends = Ends(empty=(zmq.Again,), closers=[functools.partial(zctx.destroy, linger)])
+    ends = Ends(empty=(zmq.Again,), full=(zmq.Again,), closers=[functools.partial(zctx.destroy, linger)])
+    # A PUSH must not close before its consumers hold every message, linger or
+    # not.  Linger only gets the messages into the kernel's socket buffer; when
+    # a PULL is at its RCVHWM (its I/O thread has stopped reading) and the peer
+    # hangs up, libzmq (4.3.5, stream_engine_base in_event on EPOLLHUP with
+    # input stopped) drops the connection without reading what is still in
+    # that buffer: a few hundred 64 B messages lost at the end of a run, the
+    # consumer then times out.  So every consumer, once finished (it then
+    # holds everything, or has failed), and every producer, before it closes,
+    # wait at the ``done`` barrier (bounded: a broken or timed-out barrier
+    # just lets the close go on).  Closers run last first: the wait, then the
+    # destroy.  Latency mode (PAIR) does not use it.
+    def meet() -> None:
+        try:
+            done.wait(params.timeout)
+        except threading.BrokenBarrierError:
+            pass
+
+    if role == "consumer" and params.mode != LATENCY:
+        ends.closers.append(meet)
     try:
         if params.mode == LATENCY:
             # One PAIR socket each way of the round trip: the driver binds.
@@ -762,6 +801,7 @@ def _zmq_open(d: str, params: Params, role: str, idx: int, clock: Clock) -> Ends
             clock.sync()
             time.sleep(0.1)  # let the consumers' connects complete (round-robin needs them all)
             ends.put = s.send
+            ends.closers.append(meet)
         else:
             s = zctx.socket(zmq.PULL)
             # MPMC consumers wait in slices (see POLL_SLICE) so they can look at
