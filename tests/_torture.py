@@ -224,6 +224,17 @@ def _inspect(m, ledger, sh, errdir, copy, lease=None):
     return n
 
 
+def _live_went_stale(e, lease, sh, errdir, what):
+    """A settle refused as stale: an error without leases (a live consumer's
+    delivery is never taken back), reported; with ack leases it is expected
+    (the lease ran out, the message was redelivered), and the caller counts it."""
+    if lease is not None:
+        return False
+    sh.errors[0] += 1
+    _report(errdir, "stale", "live consumer's %s went stale: %r" % (what, e))
+    return True
+
+
 def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, lease=None):
     """One get / inspect / settle round; returns the number of deliveries.
     Used by the consumer workers and by the parent's final drain."""
@@ -246,13 +257,9 @@ def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, lease=None):
             try:
                 m.nack()
             except ackring.StaleDelivery as e:
-                if lease is None:
-                    sh.errors[0] += 1
-                    _report(errdir, "stale", "live consumer's nack went stale: %r" % (e,))
+                if _live_went_stale(e, lease, sh, errdir, "nack"):
                     return len(ms)
-                # with ack leases the delivery may have been taken back
-                # before this nack: it was redelivered, the nack refused
-                sh.stale_acks[0] += 1
+                sh.stale_acks[0] += 1   # taken back before this nack: redelivered, the nack refused
                 continue
             if n >= 0:
                 ledger.cons_set(n, ledger.cons(n) | NACKED)
@@ -265,9 +272,7 @@ def consume_once(c, rng, ledger, sh, errdir, timeout=0.2, lease=None):
             for m, _ in keep:
                 m.ack()
     except ackring.StaleDelivery as e:
-        if lease is None:
-            sh.errors[0] += 1
-            _report(errdir, "stale", "live consumer's delivery went stale: %r" % (e,))
+        if _live_went_stale(e, lease, sh, errdir, "ack"):
             return len(ms)
         # with ack leases a slow consumer's delivery may be taken back: the
         # message was redelivered, and this ack was refused, not counted
