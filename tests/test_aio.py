@@ -344,7 +344,7 @@ def test_cancelled_aget_takes_nothing_when_nothing_comes(q, slice_):
 def test_cancelled_aget_gives_back_what_it_took(make_queue, procs, slice_):
     """The message arrives while the cancelled waiter lingers and no aget
     follows: it is nacked, and another process gets it (delivery_count 2)."""
-    slice_(0.5)
+    slice_(2.0)   # long enough that the put lands inside it on a loaded machine
     q = make_queue(capacity=8, message_size=64)
     c = q.consumer()
     p = q.producer()
@@ -358,9 +358,9 @@ def test_cancelled_aget_gives_back_what_it_took(make_queue, procs, slice_):
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t
-        mid = p.put(b"taken by the lingering waiter")   # it is inside a 0.5 s slice
-        gate.set()
+        mid = p.put(b"taken by the lingering waiter")   # it is inside its 2 s slice
         await until(lambda: turn_free(c), timeout=5, what="the give-back")
+        gate.set()   # only now may the other process look: it must find the given-back message
         return mid
 
     mid = run(main())
