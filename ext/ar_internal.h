@@ -388,7 +388,6 @@ typedef struct {
 int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run);
 int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *v, uint64_t *w, ar_run *run);
 void ring_run_end(ar_queue *q, int r, ar_run *run);
-int ring_empty(ar_queue *q, int r);
 uint64_t ring_count(const ar_queue *q, int r);
 void ring_settle_hints(ar_queue *q);
 int ensure_in_ring(ar_queue *q, uint32_t acting, uint32_t v, uint64_t w, int *pushed);

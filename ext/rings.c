@@ -230,12 +230,6 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar
     return CORRUPT();
 }
 
-int ring_empty(ar_queue *q, int r) {
-    uint64_t hd = LOAD(&q->hdr->head[r].pos, ACQ);
-    uint64_t c = LOAD(&q->cells[r][hd & q->mask], ACQ);
-    return seq_diff(CELL_SEQ(c), hd + 1) < 0;
-}
-
 /* Entries between the hints, for stats and bounds: tail - head, which a
  * hint's lag (I1) can make a little short, or negative (then 0). */
 uint64_t ring_count(const ar_queue *q, int r) {

@@ -35,7 +35,6 @@ import queue as _queue
 import secrets
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
@@ -768,14 +767,10 @@ def _zmq_open(handle: Tuple[str, Any], params: Params, role: str, idx: int, cloc
     # consumer then times out.  So every consumer, once finished (it then
     # holds everything, or has failed), and every producer, before it closes,
     # wait at the ``done`` barrier (bounded: a broken or timed-out barrier
-    # just lets the close go on).  Closers run last first: the wait, then the
-    # destroy.  Latency mode (PAIR) does not use it.
-    def meet() -> None:
-        try:
-            done.wait(params.timeout)
-        except threading.BrokenBarrierError:
-            pass
-
+    # raises, which Ends.close swallows like any closer's error, and the
+    # close goes on).  Closers run last first: the wait, then the destroy.
+    # Latency mode (PAIR) does not use it.
+    meet = functools.partial(done.wait, params.timeout)
     if role == "consumer" and params.mode != LATENCY:
         ends.closers.append(meet)
     try:
