@@ -43,6 +43,26 @@ def slice_(request):
     aio.configure(cancel_slice=old)
 
 
+class Entered:
+    """A consumer seen through a proxy that notes when a blocking get() starts
+    (only the waiter thread makes one).  A test that cancels after
+    ``entered`` is set knows the waiter thread is past its cancel check and
+    inside the call, so a message put now is taken by it: the turn being held
+    says only that the call was handed to the pool."""
+
+    def __init__(self, consumer):
+        self._c = consumer
+        self.entered = threading.Event()
+
+    def get(self, timeout=None, copy=True):
+        if timeout != 0:
+            self.entered.set()
+        return self._c.get(timeout=timeout, copy=copy)
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+
 def turn_free(client):
     # The per-client turn is held while a (possibly cancelled) waiter thread
     # runs: free means no waiter thread is left for this client.
@@ -344,9 +364,12 @@ def test_cancelled_aget_takes_nothing_when_nothing_comes(q, slice_):
 def test_cancelled_aget_gives_back_what_it_took(make_queue, procs, slice_):
     """The message arrives while the cancelled waiter lingers and no aget
     follows: it is nacked, and another process gets it (delivery_count 2)."""
-    slice_(2.0)   # long enough that the put lands inside it on a loaded machine
+    # The waiter's blocking call gets a 60 s slice, so the put below lands
+    # inside it however slow the machine; the slice is then cut to 0.05 s, so
+    # the taken message is given back at once instead of after 60 s.
+    slice_(60.0)
     q = make_queue(capacity=8, message_size=64)
-    c = q.consumer()
+    c = Entered(q.consumer())
     p = q.producer()
     gate = FORK.Event()
     r, w = FORK.Pipe(duplex=False)
@@ -354,11 +377,12 @@ def test_cancelled_aget_gives_back_what_it_took(make_queue, procs, slice_):
 
     async def main():
         t = asyncio.ensure_future(aio.aget(c))
-        await until(lambda: not turn_free(c), what="the waiter")
+        await until(c.entered.is_set, what="the waiter inside its call")
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t
-        mid = p.put(b"taken by the lingering waiter")   # it is inside its 2 s slice
+        slice_(0.05)   # read when the message is taken: no adopter is awaited
+        mid = p.put(b"taken by the lingering waiter")   # inside the waiter's 60 s call
         await until(lambda: turn_free(c), timeout=5, what="the give-back")
         gate.set()   # only now may the other process look: it must find the given-back message
         return mid
@@ -373,16 +397,19 @@ def test_cancelled_aget_gives_back_what_it_took(make_queue, procs, slice_):
 
 
 def test_next_aget_adopts_a_cancelled_waiter(q, slice_):
-    """Cancel, message, aget again within the slice: a first delivery, no nack."""
-    slice_(0.5)
-    c = q.consumer()
+    """Cancel, message, aget again within the slice: a first delivery, no nack.
+    The slice is 60 s so that the next aget comes inside it however slow the
+    machine (the adopter takes over at once; nothing waits the slice out)."""
+    slice_(60.0)
+    c = Entered(q.consumer())
     p = q.producer()
 
     async def main():
         out = []
         for i in range(5):
+            c.entered.clear()
             t = asyncio.ensure_future(aio.aget(c))
-            await until(lambda: not turn_free(c), what="the waiter")
+            await until(c.entered.is_set, what="the waiter inside its call")
             t.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await t
