@@ -207,6 +207,10 @@ def test_leases_receipts_and_reserve_are_not_implemented(make_q, broker):
             p.wait_acked(mid, timeout=1)
         with pytest.raises(NotImplementedError):
             p.reserve(4)
+        with pytest.raises(NotImplementedError, match="get_many"):
+            c.get_batch(4, timeout=0)
+        with pytest.raises(NotImplementedError, match="put_many"):
+            p.put_batch([b"y"])
         m = c.get(timeout=5)
         with pytest.raises(NotImplementedError, match="extend"):
             m.extend(5)

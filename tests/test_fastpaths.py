@@ -3,6 +3,7 @@ reserve(), zero-copy receive through get(copy=False) - in one process for the
 contracts, and across processes for correctness under load."""
 
 import multiprocessing
+import pickle
 import threading
 import time
 from array import array
@@ -32,6 +33,31 @@ def test_put_many_returns_ids_in_order(make_queue):
     assert p.put_many([], timeout=0) == []
     assert p.put_many(iter([b"g1", b"g2"]), timeout=1) == [ids[-1] + 1, ids[-1] + 2]
     assert q.stats()["published"] == 7
+
+
+def test_put_batch_returns_the_ids_as_one_array(make_queue):
+    q = make_queue(capacity=8, message_size=32, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    ids = p.put_batch([b"a", bytearray(b"bb"), memoryview(b"ccc")], timeout=1)
+    assert isinstance(ids, array) and ids.typecode == "Q"
+    assert list(ids) == list(range(ids[0], ids[0] + 3))
+    assert p.put_batch(iter([b"d"]), timeout=0).tolist() == [ids[-1] + 1]
+    empty = p.put_batch([], timeout=0)
+    assert isinstance(empty, array) and len(empty) == 0
+    assert drain(c) == list(zip(list(ids) + [ids[-1] + 1], [b"a", b"bb", b"ccc", b"d"]))
+    with pytest.raises(TypeError):
+        p.put_batch([b"ok", "text"], timeout=0)
+    with pytest.raises(ackring.MessageTooLarge):
+        p.put_batch([b"ok", b"x" * 33], timeout=0)
+    assert q.stats()["published"] == 4            # a bad item anywhere: nothing written
+    more = p.put_batch([b"f%d" % i for i in range(8)], timeout=0)   # 8 free slots
+    with pytest.raises(ackring.Full) as ei:
+        p.put_batch([b"late0", b"late1"], timeout=0)
+    assert ei.value.ids == []
+    assert len(more) == 8 and len(set(more)) == 8
+    p.close()
+    with pytest.raises(ackring.QueueClosed):
+        p.put_batch([b"after close"], timeout=0)
 
 
 @pytest.mark.parametrize("bad, exc", [
@@ -210,6 +236,109 @@ def test_ack_many_skips_and_reports_stale_deliveries(procs, make_queue):
     assert (s["depth"], s["in_flight"]) == (0, 0), s
 
 
+# ------------------------------------------------------------------ get_batch
+
+def test_get_batch_reads_and_acks_as_one(make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    ids = p.put_many([b"a", b"bb", b"ccc"], timeout=0)
+    b = c.get_batch(8, timeout=1)                 # takes what is there, up to 8
+    assert len(b) == 3 and not b.settled
+    assert (b.ids, b.delivery_counts, b.nbytes) == (ids, [1, 1, 1], 6)
+    assert (b[0], b[-1], list(b)) == (b"a", b"ccc", [b"a", b"bb", b"ccc"])
+    v = b.view(1)
+    assert v.readonly and bytes(v) == b"bb"
+    del v
+    assert (b.join(), b.join(b"|")) == (b"abbccc", b"a|bb|ccc")
+    for bad in (3, -4):
+        with pytest.raises(IndexError):
+            b[bad]
+    s = q.stats()
+    assert (s["in_flight"], s["depth"]) == (3, 0)
+    b.ack()
+    assert b.settled
+    s = q.stats()
+    assert (s["in_flight"], s["acked"]) == (0, 3)
+    with pytest.raises(ackring.AlreadySettled):    # its slots may hold other messages now
+        b[0]
+    with pytest.raises(ackring.AlreadySettled):
+        b.view(0)
+    with pytest.raises(ackring.AlreadySettled):
+        b.ack()
+    assert q.stats()["acked"] == 3
+    assert q.check() == []
+
+
+def test_get_batch_limits_and_bad_arguments(make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    for n in (0, -1):
+        with pytest.raises(ValueError):
+            c.get_batch(n, timeout=0)
+    with pytest.raises(TypeError):
+        c.get_batch("4", timeout=0)
+    with pytest.raises(ackring.Empty):
+        c.get_batch(4, timeout=0.02)
+    p.put_many([b"%d" % i for i in range(5)], timeout=0)
+    first = c.get_batch(2, timeout=0)
+    rest = c.get_batch(64, timeout=0)
+    assert (list(first), list(rest)) == ([b"0", b"1"], [b"2", b"3", b"4"])
+    with pytest.raises(TypeError):
+        type(first)()                              # only get_batch makes them
+    with pytest.raises(TypeError):
+        pickle.dumps(first)
+    first.ack()
+    rest.ack()
+    # a prefetch limit caps a batch as it caps get_many
+    c2 = q.consumer(prefetch=2)
+    p.put_many([b"x", b"y", b"z"], timeout=0)
+    b = c2.get_batch(8, timeout=1)
+    assert list(b) == [b"x", b"y"]
+    b.ack()
+    assert list(c2.get_batch(8, timeout=1)) == [b"z"]
+
+
+def test_get_batch_nack_reject_and_context(make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None, max_deliveries=None)
+    p, c = q.producer(), q.consumer()
+    ids = p.put_many([b"a", b"b"], timeout=0)
+    c.get_batch(8, timeout=1).nack()               # requeued, in order, delivery 2
+    b = c.get_batch(8, timeout=1)
+    assert (b.ids, list(b), b.delivery_counts) == (ids, [b"a", b"b"], [2, 2])
+    with pytest.raises(RuntimeError):
+        with b:                                    # an exception in the block: nacked
+            raise RuntimeError("worker failed")
+    assert b.settled
+    with c.get_batch(8, timeout=1) as b:           # a clean exit: acked
+        assert b.delivery_counts == [3, 3]
+    s = q.stats()
+    assert (s["acked"], s["nacked"], s["in_flight"], s["depth"]) == (2, 4, 0, 0), s
+    p.put(b"bad", timeout=0)
+    c.get_batch(8, timeout=1).reject()             # to the dead-letter queue
+    assert q.stats()["dead_lettered"]["rejected"] == 1
+    dead = q.dead_letters.consumer().get(timeout=1)
+    assert (dead.body, dead.death["reason"]) == (b"bad", "rejected")
+    dead.ack()
+
+
+def test_get_batch_of_a_closed_consumer_is_given_back(make_queue):
+    q = make_queue(capacity=8, message_size=16, watchdog=None)
+    p, c = q.producer(), q.consumer()
+    ids = p.put_many([b"a", b"b", b"c"], timeout=0)
+    b = c.get_batch(8, timeout=1)
+    assert b[0] == b"a"
+    c.close()                                      # gives every delivery back
+    with pytest.raises(ackring.QueueClosed):
+        b.ack()
+    with pytest.raises(ackring.StaleDelivery):     # the slot is no longer this delivery's
+        b[1]
+    b2 = q.consumer().get_batch(8, timeout=1)
+    assert (b2.ids, list(b2), b2.delivery_counts) == (ids, [b"a", b"b", b"c"], [2, 2, 2])
+    b2.ack()
+    s = q.stats()
+    assert (s["acked"], s["in_flight"], s["depth"]) == (3, 0, 0), s
+
+
 # ------------------------------------------------------------------ reserve
 
 def test_reserve_context_commits(make_queue):
@@ -357,7 +486,8 @@ def test_get_without_copy(make_queue):
 # ------------------------------------------------------------------ across processes
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("how, n, copy", [("put_many", 100_000, True), ("reserve", 30_000, False)])
+@pytest.mark.parametrize("how, n, copy", [("put_many", 100_000, True), ("reserve", 30_000, False),
+                                          ("put_many", 100_000, "get_batch")])
 def test_batch_producer_and_consumer_processes(procs, make_queue, how, n, copy):
     size = 48
     q = make_queue(capacity=256, message_size=size, watchdog=None)

@@ -36,7 +36,8 @@ class Empty(Error, _queue.Empty):
 class Full(Error, _queue.Full):
     """No slot became free before the timeout.
 
-    For ``put_many``, ``ids`` lists the messages stored (confirmed) before it.
+    For ``put_many`` and ``put_batch``, ``ids`` lists the messages stored
+    (confirmed) before it.
     """
 
     def __init__(self, *args, ids=()):

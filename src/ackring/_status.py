@@ -153,10 +153,12 @@ def bad_timeout(timeout):
 
 
 def taken_back(message_id, in_batch=False):
-    """The error for a body read (copied) after its delivery's ack lease ran
-    out and the message was taken back: the copy may hold another message's
-    bytes (ar_intact said AR_STALE)."""
-    return E.StaleDelivery("message %d%s was taken back (its ack lease ran out) before its body was read"
+    """The error for a body read (copied) after the message was taken back
+    from its delivery (its ack lease ran out, or its consumer was closed and
+    gave it back): the copy may hold another message's bytes (ar_intact said
+    AR_STALE)."""
+    return E.StaleDelivery("message %d%s was taken back (its ack lease ran out, or its consumer was closed) "
+                           "before its body was read"
                            % (message_id, " of the batch" if in_batch else ""))
 
 

@@ -647,6 +647,10 @@ class Producer(_Client):
                              % (self._queue.name, len(ids), len(items)), ids=ids) from None
         return ids
 
+    def put_batch(self, messages, timeout=None, ttl=None):
+        raise NotImplementedError("put_batch: a broker's message ids are strings, not an array('Q') of "
+                                  "numbers; use put_many()")
+
     def wait_acked(self, message_id, timeout=None):
         raise NotImplementedError(
             "wait_acked: a broker tells a publisher that it stored a message (put returns on the "
@@ -755,6 +759,10 @@ class Consumer(_Client):
         if not self._buffer:
             self._pump(0)
         return self._take(deadline)
+
+    def get_batch(self, n, timeout=None):
+        raise NotImplementedError("get_batch: a broker hands out one message object per delivery; "
+                                  "use get_many() and ack_many()")
 
     def get_many(self, n, timeout=None, copy=True):
         """Up to n messages (and at most the prefetch allowance): waits up to

@@ -170,8 +170,9 @@ def _ackring_produce(names: List[str], params: Params, clock: Clock, idx: int) -
         clock.sync()
         reserve = _reserve_fn(p, size, timeout) if params.zero_copy else None
         if params.batch > 1:
-            api = "put_many(%d)" % params.batch
-            put_many = p.put_many
+            # put_batch: the ids come back as one array, no Python int per message
+            put_many = getattr(p, "put_batch", p.put_many)
+            api = "%s(%d)" % (put_many.__name__, params.batch)
             chunk = [data] * params.batch
             full, rest = divmod(n, params.batch)
             tail = chunk[:rest]

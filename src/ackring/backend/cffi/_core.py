@@ -15,6 +15,7 @@ Differences that come with the binding, not with the behaviour:
 """
 import os as _os
 import sys as _sys
+from array import array as _array
 
 from ackring import _errors as E
 from ackring import _status as S
@@ -392,6 +393,13 @@ class Producer(_Client):
 
     def put_many(self, messages, timeout=None, ttl=None):
         """Store several messages in order, in one C call; returns their ids."""
+        return self._put_vec(messages, timeout, ttl, False)
+
+    def put_batch(self, messages, timeout=None, ttl=None):
+        """put_many that returns the ids as one array('Q') (see the Cython backend)."""
+        return self._put_vec(messages, timeout, ttl, True)
+
+    def _put_vec(self, messages, timeout, ttl, as_array):
         deadline = _deadline(timeout)
         ttl_ns = _ttl(ttl)
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
@@ -399,7 +407,7 @@ class Producer(_Client):
         if n == 0:
             if lib.ar_client_closed(self._c):
                 raise _error(AR_CLIENT_CLOSED, "put_many to queue %r" % (self._queue_name,))
-            return []
+            return _array("Q") if as_array else []
         vec = _new(_T_IOVECS, n)
         keep = []
         for i, m in enumerate(items):
@@ -420,7 +428,11 @@ class Producer(_Client):
                 rc = lib.ar_put_many(self._c, vec, n, deadline, ttl_ns, ids, done)
                 if rc != AR_AGAIN:
                     break
-        stored = list(ids[0:done[0]])
+        if as_array:
+            stored = _array("Q")
+            stored.frombytes(ffi.buffer(ids, 8 * done[0]))
+        else:
+            stored = list(ids[0:done[0]])
         if rc == AR_FULL:
             raise E.Full("put_many to queue %r: %d of %d stored before the timeout"
                          % (self._queue_name, done[0], n), ids=stored)
@@ -799,9 +811,10 @@ class Batch:
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError("batch index out of range")
-        if self._ds[i].flags & AR_D_SETTLED:
+        d = self._ds + i   # a pointer: _ar_intact takes one (self._ds[i] would be a struct copy)
+        if d.flags & AR_D_SETTLED:
             raise E.AlreadySettled("the batch was settled; its slots may hold other messages")
-        return self._ds[i]
+        return d
 
     def __getitem__(self, i):
         d = self._index(i)
