@@ -64,7 +64,9 @@ _T_INTS = ffi.typeof("int[]")
 HAS_BUFFER_PROTOCOL = _sys.version_info >= (3, 12) or _sys.implementation.name == "pypy"
 
 
-def _deadline(timeout):
+def _wait(timeout):
+    """A timeout checked and made a wait, without reading the clock (see the
+    Cython backend): AR_NO_DEADLINE, 0 (do not wait) or nanoseconds + 1."""
     if timeout is None:
         return AR_NO_DEADLINE
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -75,7 +77,14 @@ def _deadline(timeout):
         return 0
     if timeout > 1e9:
         return AR_NO_DEADLINE
-    return _now_ns() + int(timeout * 1e9) + 1
+    return int(timeout * 1e9) + 1
+
+
+def _until(wait):
+    """The deadline of a _wait() that starts now (read once a call must wait)."""
+    if wait == 0 or wait == AR_NO_DEADLINE:
+        return wait
+    return _now_ns() + wait
 
 
 def _ttl(ttl):
@@ -374,7 +383,7 @@ class Producer(_Client):
 
     def put(self, data, timeout=None, ttl=None):
         """Store one message; returns its id once consumers can get it."""
-        deadline = _deadline(timeout)
+        wait = _wait(timeout)
         ttl_ns = _ttl(ttl)
         ptr, n = _bytes_like(data, "put()")
         if n > self._message_size:
@@ -382,7 +391,8 @@ class Producer(_Client):
                                     % (n, self._message_size, self._queue_name))
         mid = _new_uncleared(_T_U64)
         rc = _ar_put(self._c, ptr, n, 0, ttl_ns, mid)
-        if rc == AR_FULL and deadline != 0:
+        if rc == AR_FULL and wait != 0:
+            deadline = _until(wait)
             while True:
                 rc = _ar_put(self._c, ptr, n, deadline, ttl_ns, mid)
                 if rc != AR_AGAIN:
@@ -400,7 +410,7 @@ class Producer(_Client):
         return self._put_vec(messages, timeout, ttl, True)
 
     def _put_vec(self, messages, timeout, ttl, as_array):
-        deadline = _deadline(timeout)
+        wait = _wait(timeout)
         ttl_ns = _ttl(ttl)
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
         n = len(items)
@@ -423,7 +433,8 @@ class Producer(_Client):
         ids = _new(_T_U64S, n)
         done = _new(_T_SIZE)
         rc = lib.ar_put_many(self._c, vec, n, 0, ttl_ns, ids, done)
-        if rc == AR_FULL and deadline != 0:
+        if rc == AR_FULL and wait != 0:
+            deadline = _until(wait)
             while True:
                 rc = lib.ar_put_many(self._c, vec, n, deadline, ttl_ns, ids, done)
                 if rc != AR_AGAIN:
@@ -442,14 +453,15 @@ class Producer(_Client):
 
     def wait_acked(self, message_id, timeout=None):
         """Wait until message ``message_id`` is settled and say how (a Receipt)."""
-        deadline = _deadline(timeout)
+        wait = _wait(timeout)
         if isinstance(message_id, bool) or not isinstance(message_id, int):
             raise TypeError("message_id must be an int, not %s" % type(message_id).__name__)
         if not 0 <= message_id < 1 << 64:
             raise ValueError("no message %d was ever published to queue %r" % (message_id, self._queue_name))
         outcome = _new(_T_U32)
         rc = lib.ar_wait_settled(self._c, message_id, 0, outcome)
-        if rc == AR_EMPTY and deadline != 0:
+        if rc == AR_EMPTY and wait != 0:
+            deadline = _until(wait)
             while True:
                 rc = lib.ar_wait_settled(self._c, message_id, deadline, outcome)
                 if rc != AR_AGAIN:
@@ -464,7 +476,7 @@ class Producer(_Client):
 
     def reserve(self, size=-1, timeout=None, ttl=None):
         """Zero-copy send: claim a slot and write the message in place."""
-        deadline = _deadline(timeout)
+        wait = _wait(timeout)
         ttl_ns = _ttl(ttl)
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError("size must be an int")
@@ -477,7 +489,8 @@ class Producer(_Client):
         r._r = _new("ar_reservation *")
         r._producer, r._size, r._ttl_ns, r._view = self, size, ttl_ns, None
         rc = lib.ar_reserve(self._c, 0, r._r)
-        if rc == AR_FULL and deadline != 0:
+        if rc == AR_FULL and wait != 0:
+            deadline = _until(wait)
             while True:
                 rc = lib.ar_reserve(self._c, deadline, r._r)
                 if rc != AR_AGAIN:
@@ -596,9 +609,10 @@ class Consumer(_Client):
     prefetch = property(lambda self: lib.ar_client_prefetch(self._c))
     outstanding = property(lambda self: lib.ar_client_outstanding(self._c))
 
-    def _get(self, d, deadline):
+    def _get(self, d, wait):
         rc = _ar_get(self._c, d, 0)
-        if rc == AR_EMPTY and deadline != 0:
+        if rc == AR_EMPTY and wait != 0:
+            deadline = _until(wait)
             while True:
                 rc = _ar_get(self._c, d, deadline)
                 if rc != AR_AGAIN:
@@ -609,9 +623,9 @@ class Consumer(_Client):
     def get(self, timeout=None, copy=True):
         """Receive one message (see the Cython backend)."""
         d = _new_uncleared(_T_DELIVERY)
-        deadline = _deadline(timeout)
+        wait = _wait(timeout)
         while True:
-            self._get(d, deadline)
+            self._get(d, wait)
             if not copy:
                 body = None
                 break
@@ -624,7 +638,7 @@ class Consumer(_Client):
         m._body = body
         return m
 
-    def _take(self, n, deadline):
+    def _take(self, n, wait):
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError("n must be an int")
         if n < 1:
@@ -632,7 +646,8 @@ class Consumer(_Client):
         ds = _new(_T_DELIVERIES, n)
         got = _new(_T_SIZE)
         rc = lib.ar_get_many(self._c, ds, n, 0, got)
-        if rc == AR_EMPTY and deadline != 0:
+        if rc == AR_EMPTY and wait != 0:
+            deadline = _until(wait)
             while True:
                 rc = lib.ar_get_many(self._c, ds, n, deadline, got)
                 if rc != AR_AGAIN:
@@ -642,9 +657,9 @@ class Consumer(_Client):
         return ds, got[0]
 
     def get_many(self, n, timeout=None, copy=True):
-        deadline = _deadline(timeout)
+        wait = _wait(timeout)
         while True:
-            ds, got = self._take(n, deadline)
+            ds, got = self._take(n, wait)
             out = []
             for i in range(got):
                 d = ffi.addressof(ds, i)
@@ -661,7 +676,7 @@ class Consumer(_Client):
                 return out
 
     def get_batch(self, n, timeout=None):
-        ds, got = self._take(n, _deadline(timeout))
+        ds, got = self._take(n, _wait(timeout))
         b = object.__new__(Batch)
         b._ds, b._n, b._consumer = ds, got, self
         return b

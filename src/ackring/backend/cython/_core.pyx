@@ -193,8 +193,11 @@ cdef bytes _copy_out(const unsigned char *data, uint32_t n):
     return b
 
 
-cdef uint64_t _deadline(object timeout) except? 1:
-    """None -> no deadline; 0 -> do not wait; else an absolute CLOCK_MONOTONIC time."""
+cdef uint64_t _wait(object timeout) except? 1:
+    """A timeout checked and made a wait: None -> AR_NO_DEADLINE (no limit);
+    0 -> do not wait; else nanoseconds (+1).  No clock read: a call reads the
+    clock (_until) only once its first, non-blocking attempt found it has to
+    wait, so a put or get that need not wait costs no clock_gettime."""
     cdef double t
     if timeout is None:
         return AR_NO_DEADLINE
@@ -207,7 +210,14 @@ cdef uint64_t _deadline(object timeout) except? 1:
         return 0
     if t > 1e9:
         return AR_NO_DEADLINE
-    return ar_now_ns() + <uint64_t>(t * 1e9) + 1
+    return <uint64_t>(t * 1e9) + 1
+
+
+cdef inline uint64_t _until(uint64_t wait) noexcept nogil:
+    """The deadline (absolute CLOCK_MONOTONIC) of a _wait() that starts now."""
+    if wait == 0 or wait == AR_NO_DEADLINE:
+        return wait
+    return ar_now_ns() + wait
 
 
 cdef inline uint64_t _ttl(object ttl) except? 1:
@@ -574,7 +584,7 @@ cdef class Producer(_Client):
         cdef const char *ptr
         cdef Py_ssize_t n
         cdef uint64_t mid = 0
-        cdef uint64_t deadline = _deadline(timeout), ttl_ns = _ttl(ttl)
+        cdef uint64_t wait = _wait(timeout), deadline, ttl_ns = _ttl(ttl)
         cdef int rc
         cdef bint release = False
         if PyBytes_CheckExact(data):
@@ -597,7 +607,8 @@ cdef class Producer(_Client):
                     rc = ar_put(self.c, ptr, n, 0, ttl_ns, &mid)
             else:
                 rc = ar_put(self.c, ptr, n, 0, ttl_ns, &mid)
-            if rc == AR_FULL and deadline != 0:
+            if rc == AR_FULL and wait != 0:
+                deadline = _until(wait)
                 while True:
                     with nogil:
                         rc = ar_put(self.c, ptr, n, deadline, ttl_ns, &mid)
@@ -629,7 +640,7 @@ cdef class Producer(_Client):
         cdef uint64_t *ids = NULL
         cdef Py_buffer *views = NULL
         cdef size_t done = 0
-        cdef uint64_t deadline = _deadline(timeout), ttl_ns = _ttl(ttl)
+        cdef uint64_t wait = _wait(timeout), deadline, ttl_ns = _ttl(ttl)
         cdef int rc
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
         n = len(items)
@@ -663,7 +674,8 @@ cdef class Producer(_Client):
                     rc = ar_put_many(self.c, vec, n, 0, ttl_ns, ids, &done)
             else:
                 rc = ar_put_many(self.c, vec, n, 0, ttl_ns, ids, &done)
-            if rc == AR_FULL and deadline != 0:
+            if rc == AR_FULL and wait != 0:
+                deadline = _until(wait)
                 while True:
                     with nogil:
                         rc = ar_put_many(self.c, vec, n, deadline, ttl_ns, ids, &done)
@@ -688,7 +700,7 @@ cdef class Producer(_Client):
         """Wait until message ``message_id`` is settled and say how: a Receipt
         (id, outcome, reason).  TimeoutError at the timeout.  Waits on the
         queue's futex, not by polling."""
-        cdef uint64_t deadline = _deadline(timeout), mid
+        cdef uint64_t wait = _wait(timeout), deadline, mid
         cdef uint32_t outcome = 0
         cdef int rc
         if isinstance(message_id, bool) or not isinstance(message_id, int):
@@ -697,7 +709,8 @@ cdef class Producer(_Client):
             raise ValueError("no message %d was ever published to queue %r" % (message_id, self.queue_name))
         mid = message_id
         rc = ar_wait_settled(self.c, mid, 0, &outcome)
-        if rc == AR_EMPTY and deadline != 0:
+        if rc == AR_EMPTY and wait != 0:
+            deadline = _until(wait)
             while True:
                 with nogil:
                     rc = ar_wait_settled(self.c, mid, deadline, &outcome)
@@ -721,7 +734,7 @@ cdef class Producer(_Client):
 
         ``size`` defaults to message_size.  An open reservation counts as a
         call in progress: close() waits for it."""
-        cdef uint64_t deadline = _deadline(timeout)
+        cdef uint64_t wait = _wait(timeout), deadline
         cdef uint64_t ttl_ns = _ttl(ttl)
         cdef Reservation r = Reservation.__new__(Reservation)
         cdef int rc
@@ -731,7 +744,8 @@ cdef class Producer(_Client):
             raise E.MessageTooLarge("reserve(%d) exceeds message_size %d of queue %r"
                                     % (size, self.message_size, self.queue_name))
         rc = ar_reserve(self.c, 0, &r.r)
-        if rc == AR_FULL and deadline != 0:
+        if rc == AR_FULL and wait != 0:
+            deadline = _until(wait)
             while True:
                 with nogil:
                     rc = ar_reserve(self.c, deadline, &r.r)
@@ -844,14 +858,16 @@ cdef class Consumer(_Client):
     property outstanding:
         def __get__(self): return ar_client_outstanding(self.c)
 
-    cdef int _get(self, ar_delivery *d, uint64_t deadline) except -1:
+    cdef int _get(self, ar_delivery *d, uint64_t wait) except -1:
         cdef int rc
+        cdef uint64_t deadline
         if self.sync:
             with nogil:
                 rc = ar_get(self.c, d, 0)
         else:
             rc = ar_get(self.c, d, 0)
-        if rc == AR_EMPTY and deadline != 0:
+        if rc == AR_EMPTY and wait != 0:
+            deadline = _until(wait)
             while True:
                 with nogil:
                     rc = ar_get(self.c, d, deadline)
@@ -867,9 +883,9 @@ cdef class Consumer(_Client):
         up to ``timeout`` seconds (None: no limit), then raises ackring.Empty.
         With copy=False read the body through ``m.view()`` before settling."""
         cdef Message m = Message.__new__(Message)
-        cdef uint64_t deadline = _deadline(timeout)
+        cdef uint64_t wait = _wait(timeout)
         while True:
-            self._get(&m.d, deadline)
+            self._get(&m.d, wait)
             if not copy:
                 break
             m._body = _copy_out(m.d.data, m.d.len)
@@ -884,7 +900,7 @@ cdef class Consumer(_Client):
         first, then takes whatever else is ready."""
         cdef ar_delivery *ds
         cdef size_t got = 0, i
-        cdef uint64_t deadline = _deadline(timeout)
+        cdef uint64_t wait = _wait(timeout), deadline
         cdef int rc
         cdef Message m
         if n < 1:
@@ -895,7 +911,8 @@ cdef class Consumer(_Client):
         try:
             while True:
                 rc = ar_get_many(self.c, ds, n, 0, &got)
-                if rc == AR_EMPTY and deadline != 0:
+                if rc == AR_EMPTY and wait != 0:
+                    deadline = _until(wait)
                     while True:
                         with nogil:
                             rc = ar_get_many(self.c, ds, n, deadline, &got)
@@ -925,7 +942,7 @@ cdef class Consumer(_Client):
         message): ``len(b)``, ``b[i]`` (bytes), ``b.view(i)``, ``b.ids``,
         ``b.join()``, and one ``b.ack()`` for the whole batch."""
         cdef Batch b = Batch.__new__(Batch)
-        cdef uint64_t deadline = _deadline(timeout)
+        cdef uint64_t wait = _wait(timeout), deadline
         cdef int rc
         cdef size_t got = 0
         if n < 1:
@@ -935,7 +952,8 @@ cdef class Consumer(_Client):
             raise MemoryError()
         b.consumer = self
         rc = ar_get_many(self.c, b.ds, n, 0, &got)
-        if rc == AR_EMPTY and deadline != 0:
+        if rc == AR_EMPTY and wait != 0:
+            deadline = _until(wait)
             while True:
                 with nogil:
                     rc = ar_get_many(self.c, b.ds, n, deadline, &got)
