@@ -10,6 +10,7 @@ dropped for blocking waits (which return every AR_WAIT_SLICE_NS so signals
 run), large copies, and every call on a queue with durability="sync" (whose
 confirm waits for the disk).
 """
+cimport cython
 from libc.stdint cimport uint32_t, uint64_t, UINT64_MAX
 from libc.string cimport memcpy
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo,
@@ -1033,6 +1034,7 @@ cdef class Consumer(_Client):
             raise StopIteration
 
 
+@cython.freelist(64)   # one per get on the per-message path: reuse the objects' memory
 cdef class Message:
     """One delivery.  Settle it exactly once: ack(), nack(requeue=...) or reject()."""
     cdef ar_delivery d
