@@ -45,13 +45,13 @@ def test_put_batch_returns_the_ids_as_one_array(make_queue):
     empty = p.put_batch([], timeout=0)
     assert isinstance(empty, array) and len(empty) == 0
     assert drain(c) == list(zip(list(ids) + [ids[-1] + 1], [b"a", b"bb", b"ccc", b"d"]))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"put_batch\(\) takes bytes-like items"):
         p.put_batch([b"ok", "text"], timeout=0)
     with pytest.raises(ackring.MessageTooLarge):
         p.put_batch([b"ok", b"x" * 33], timeout=0)
     assert q.stats()["published"] == 4            # a bad item anywhere: nothing written
     more = p.put_batch([b"f%d" % i for i in range(8)], timeout=0)   # 8 free slots
-    with pytest.raises(ackring.Full) as ei:
+    with pytest.raises(ackring.Full, match="put_batch to queue") as ei:
         p.put_batch([b"late0", b"late1"], timeout=0)
     assert ei.value.ids == []
     assert len(more) == 8 and len(set(more)) == 8

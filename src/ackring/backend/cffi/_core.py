@@ -410,19 +410,20 @@ class Producer(_Client):
         return self._put_vec(messages, timeout, ttl, True)
 
     def _put_vec(self, messages, timeout, ttl, as_array):
+        what = "put_batch" if as_array else "put_many"   # for the errors
         wait = _wait(timeout)
         ttl_ns = _ttl(ttl)
         items = messages if isinstance(messages, (list, tuple)) else list(messages)
         n = len(items)
         if n == 0:
             if lib.ar_client_closed(self._c):
-                raise _error(AR_CLIENT_CLOSED, "put_many to queue %r" % (self._queue_name,))
+                raise _error(AR_CLIENT_CLOSED, "%s to queue %r" % (what, self._queue_name,))
             return _array("Q") if as_array else []
         vec = _new(_T_IOVECS, n)
         keep = []
         for i, m in enumerate(items):
             if isinstance(m, (str, int)) or m is None:
-                raise TypeError("put_many() takes bytes-like items, not %s (item %d)" % (type(m).__name__, i))
+                raise TypeError("%s() takes bytes-like items, not %s (item %d)" % (what, type(m).__name__, i))
             buf = _from_buffer(m, require_writable=False)
             keep.append(buf)
             if len(buf) > self._message_size:
@@ -445,10 +446,10 @@ class Producer(_Client):
         else:
             stored = list(ids[0:done[0]])
         if rc == AR_FULL:
-            raise E.Full("put_many to queue %r: %d of %d stored before the timeout"
-                         % (self._queue_name, done[0], n), ids=stored)
+            raise E.Full("%s to queue %r: %d of %d stored before the timeout"
+                         % (what, self._queue_name, done[0], n), ids=stored)
         if rc != AR_OK:
-            raise _error(rc, "put_many to queue %r" % (self._queue_name,), _errno())
+            raise _error(rc, "%s to queue %r" % (what, self._queue_name,), _errno())
         return stored
 
     def wait_acked(self, message_id, timeout=None):
@@ -609,23 +610,27 @@ class Consumer(_Client):
     prefetch = property(lambda self: lib.ar_client_prefetch(self._c))
     outstanding = property(lambda self: lib.ar_client_outstanding(self._c))
 
-    def _get(self, d, wait):
+    def _get(self, d, wait, deadline):
+        """One get; deadline: 0 until the call first waited, else the one it
+        took then.  Returns the deadline (get()'s retries keep it)."""
         rc = _ar_get(self._c, d, 0)
         if rc == AR_EMPTY and wait != 0:
-            deadline = _until(wait)
+            deadline = deadline or _until(wait)
             while True:
                 rc = _ar_get(self._c, d, deadline)
                 if rc != AR_AGAIN:
                     break
         if rc != AR_OK:
             raise _error(rc, "get from queue %r" % (self._queue_name,))
+        return deadline
 
     def get(self, timeout=None, copy=True):
         """Receive one message (see the Cython backend)."""
         d = _new_uncleared(_T_DELIVERY)
         wait = _wait(timeout)
+        deadline = 0
         while True:
-            self._get(d, wait)
+            deadline = self._get(d, wait, deadline)
             if not copy:
                 body = None
                 break
@@ -638,7 +643,8 @@ class Consumer(_Client):
         m._body = body
         return m
 
-    def _take(self, n, wait):
+    def _take(self, n, wait, deadline=0):
+        """get_many's C call: (deliveries, how many, the deadline as in _get)."""
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError("n must be an int")
         if n < 1:
@@ -647,19 +653,20 @@ class Consumer(_Client):
         got = _new(_T_SIZE)
         rc = lib.ar_get_many(self._c, ds, n, 0, got)
         if rc == AR_EMPTY and wait != 0:
-            deadline = _until(wait)
+            deadline = deadline or _until(wait)
             while True:
                 rc = lib.ar_get_many(self._c, ds, n, deadline, got)
                 if rc != AR_AGAIN:
                     break
         if rc != AR_OK:
             raise _error(rc, "get from queue %r" % (self._queue_name,))
-        return ds, got[0]
+        return ds, got[0], deadline
 
     def get_many(self, n, timeout=None, copy=True):
         wait = _wait(timeout)
+        deadline = 0   # taken once, at the first wait
         while True:
-            ds, got = self._take(n, wait)
+            ds, got, deadline = self._take(n, wait, deadline)
             out = []
             for i in range(got):
                 d = ffi.addressof(ds, i)
@@ -676,7 +683,7 @@ class Consumer(_Client):
                 return out
 
     def get_batch(self, n, timeout=None):
-        ds, got = self._take(n, _wait(timeout))
+        ds, got, _ = self._take(n, _wait(timeout))
         b = object.__new__(Batch)
         b._ds, b._n, b._consumer = ds, got, self
         return b

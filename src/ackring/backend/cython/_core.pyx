@@ -637,6 +637,7 @@ cdef class Producer(_Client):
 
     cdef object _put_vec(self, messages, timeout, ttl, bint as_array):
         cdef Py_ssize_t n, i, nviews = 0
+        cdef str what = "put_batch" if as_array else "put_many"   # for the errors
         cdef ar_iovec *vec = NULL
         cdef uint64_t *ids = NULL
         cdef Py_buffer *views = NULL
@@ -647,7 +648,7 @@ cdef class Producer(_Client):
         n = len(items)
         if n == 0:
             if ar_client_closed(self.c):
-                raise _error(AR_CLIENT_CLOSED, "put_many to queue %r" % (self.queue_name,))
+                raise _error(AR_CLIENT_CLOSED, "%s to queue %r" % (what, self.queue_name,))
             return _id_array(NULL, 0) if as_array else []
         vec = <ar_iovec *>PyMem_Malloc(n * sizeof(ar_iovec))
         ids = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
@@ -661,7 +662,7 @@ cdef class Producer(_Client):
                     vec[i].data = PyBytes_AS_STRING(m)
                     vec[i].len = PyBytes_GET_SIZE(m)
                 elif PyUnicode_Check(m) or m is None or isinstance(m, int):
-                    raise TypeError("put_many() takes bytes-like items, not %s (item %d)" % (type(m).__name__, i))
+                    raise TypeError("%s() takes bytes-like items, not %s (item %d)" % (what, type(m).__name__, i))
                 else:
                     PyObject_GetBuffer(m, &views[nviews], PyBUF_C_CONTIGUOUS)
                     vec[i].data = views[nviews].buf
@@ -685,10 +686,10 @@ cdef class Producer(_Client):
                     self.blocked()
             stored = _id_array(ids, done) if as_array else [ids[i] for i in range(done)]
             if rc == AR_FULL:
-                raise E.Full("put_many to queue %r: %d of %d stored before the timeout"
-                             % (self.queue_name, done, n), ids=stored)
+                raise E.Full("%s to queue %r: %d of %d stored before the timeout"
+                             % (what, self.queue_name, done, n), ids=stored)
             if rc != AR_OK:
-                raise _error(rc, "put_many to queue %r" % (self.queue_name,), errno)
+                raise _error(rc, "%s to queue %r" % (what, self.queue_name,), errno)
             return stored
         finally:
             for i in range(nviews):
@@ -859,19 +860,21 @@ cdef class Consumer(_Client):
     property outstanding:
         def __get__(self): return ar_client_outstanding(self.c)
 
-    cdef int _get(self, ar_delivery *d, uint64_t wait) except -1:
+    cdef int _get(self, ar_delivery *d, uint64_t wait, uint64_t *deadline) except -1:
+        """One get; *deadline is 0 until the call first has to wait, then the
+        deadline taken then (kept by get()'s retries: one deadline a call)."""
         cdef int rc
-        cdef uint64_t deadline
         if self.sync:
             with nogil:
                 rc = ar_get(self.c, d, 0)
         else:
             rc = ar_get(self.c, d, 0)
         if rc == AR_EMPTY and wait != 0:
-            deadline = _until(wait)
+            if deadline[0] == 0:
+                deadline[0] = _until(wait)
             while True:
                 with nogil:
-                    rc = ar_get(self.c, d, deadline)
+                    rc = ar_get(self.c, d, deadline[0])
                 if rc != AR_AGAIN:
                     break
                 self.blocked()
@@ -884,9 +887,9 @@ cdef class Consumer(_Client):
         up to ``timeout`` seconds (None: no limit), then raises ackring.Empty.
         With copy=False read the body through ``m.view()`` before settling."""
         cdef Message m = Message.__new__(Message)
-        cdef uint64_t wait = _wait(timeout)
+        cdef uint64_t wait = _wait(timeout), deadline = 0
         while True:
-            self._get(&m.d, wait)
+            self._get(&m.d, wait, &deadline)
             if not copy:
                 break
             m._body = _copy_out(m.d.data, m.d.len)
@@ -901,7 +904,7 @@ cdef class Consumer(_Client):
         first, then takes whatever else is ready."""
         cdef ar_delivery *ds
         cdef size_t got = 0, i
-        cdef uint64_t wait = _wait(timeout), deadline
+        cdef uint64_t wait = _wait(timeout), deadline = 0   # taken once, at the first wait
         cdef int rc
         cdef Message m
         if n < 1:
@@ -913,7 +916,8 @@ cdef class Consumer(_Client):
             while True:
                 rc = ar_get_many(self.c, ds, n, 0, &got)
                 if rc == AR_EMPTY and wait != 0:
-                    deadline = _until(wait)
+                    if deadline == 0:
+                        deadline = _until(wait)
                     while True:
                         with nogil:
                             rc = ar_get_many(self.c, ds, n, deadline, &got)
