@@ -339,6 +339,19 @@ static inline int slot_unchanged(const ar_queue *q, uint32_t i, uint64_t w) {
     return LOAD(&slot_at(q, i)->word, RLX) == w;
 }
 static inline unsigned char *payload(ar_slot *s) { return (unsigned char *)(s + 1); }
+
+/* A hint to the cache, not an access: bring the line at p here, for writing
+ * (w) or reading.  x86 PREFETCHW is a NOP on CPUs without it. */
+static inline void warm_line(const void *p, int w) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (w)
+        __asm__ __volatile__("prefetchw %0" ::"m"(*(const char *)p));
+    else
+        __builtin_prefetch(p, 0, 3);
+#else
+    __builtin_prefetch(p, w, 3);
+#endif
+}
 static inline uint32_t next_gen(uint32_t g) { return g >= 0xFFFFu ? 1u : g + 1u; }
 static inline uint64_t msg_id(const ar_queue *q, uint64_t use, uint32_t i) {
     return ((use - 1) << q->shift) | i;
@@ -386,6 +399,7 @@ typedef struct {
 } ar_run;
 #define AR_RUN_MAX 64
 int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run);
+void ring_warm(ar_queue *q, int r, const ar_run *run, uint32_t n);
 int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *v, uint64_t *w, ar_run *run);
 void ring_run_end(ar_queue *q, int r, ar_run *run);
 uint64_t ring_count(const ar_queue *q, int r);
