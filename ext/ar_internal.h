@@ -349,7 +349,10 @@ static inline void warm_line(const void *p, int w) {
     else
         __builtin_prefetch(p, 0, 3);
 #else
-    __builtin_prefetch(p, w, 3);
+    if (w) /* the builtin's arguments must be constants */
+        __builtin_prefetch(p, 1, 3);
+    else
+        __builtin_prefetch(p, 0, 3);
 #endif
 }
 static inline uint32_t next_gen(uint32_t g) { return g >= 0xFFFFu ? 1u : g + 1u; }
