@@ -231,17 +231,23 @@ def targets(summary: Dict[str, List[Dict[str, Any]]], batch: int, zero_copy: boo
                     got.append(x)
         return got
 
+    # The goals of core v2 (issue 8, item 9) where they are stricter than
+    # v0.1's; the rest are v0.1's (issue 2).
     a64 = thr.get(("spsc", 64, "ackring"))
     per_msg = batch <= 1
     add("SPSC 64 B, per-message API >= 2,000,000 msg/s", 2e6, "msg/s", True,
         a64["msg_per_s"] if a64 and per_msg else None,
         "needs --mode spsc --sizes 64 without --batch", reasons=why(a64))
-    add("SPSC 64 B, batch API >= 5,000,000 msg/s", 5e6, "msg/s", True,
+    add("SPSC 64 B, batch API >= 15,000,000 msg/s", 15e6, "msg/s", True,
         a64["msg_per_s"] if a64 and not per_msg else None,
         "needs --mode spsc --sizes 64 --batch N", reasons=why(a64))
-    for peer, goal in (("pyzmq", 2.0), ("mp.Queue", 20.0)):
+    # pyzmq has no batch API of its own (libzmq batches inside): a --batch
+    # run sets ackring's batch path against pyzmq's send / recv.
+    goals = (("pyzmq", 3.0, "per-message"), ("mp.Queue", 40.0, "per-message")) if per_msg else \
+        (("pyzmq", 10.0, "batch"),)
+    for peer, goal, path in goals:
         r = thr.get(("spsc", 64, peer))
-        add("SPSC 64 B, ackring/%s >= %gx" % (peer, goal), goal, "x", True,
+        add("SPSC 64 B %s, ackring/%s >= %gx" % (path, peer, goal), goal, "x", True,
             # the median of the per-repeat ratios (as in the ratios table), else the ratio of medians
             (r.get("ackring_over_peer_paired") or r["ackring_over_peer"]) if r and r.get("ackring_over_peer")
             else None,
@@ -256,15 +262,15 @@ def targets(summary: Dict[str, List[Dict[str, Any]]], batch: int, zero_copy: boo
         a64k["mb_per_s"] / 1e3 if a64k and zero_copy else None,
         "needs --mode spsc --sizes 65536 --zero-copy", reasons=why(a64k))
     l64 = lat.get((64, "ackring"))
-    add("ping-pong 64 B p50 <= 5 us", 5.0, "us", False, l64["p50_us"] if l64 else None,
+    add("ping-pong 64 B p50 <= 2 us", 2.0, "us", False, l64["p50_us"] if l64 else None,
         "needs --mode latency --sizes 64", reasons=why(l64))
     add("ping-pong 64 B p99 <= 20 us", 20.0, "us", False, l64["p99_us"] if l64 else None,
         "needs --mode latency --sizes 64", reasons=why(l64, key="p99_loaded_reasons"))
     sizes = sorted({s for (m, s, p) in thr if m == "mpmc" and p == "ackring" and ("spsc", s, "ackring") in thr})
     if not sizes:
-        add("MPMC 2x2 >= 0.5 x SPSC", 0.5, "x", True, None, "needs --mode spsc,mpmc")
+        add("MPMC 2x2 >= 0.6 x SPSC", 0.6, "x", True, None, "needs --mode spsc,mpmc")
     for s in sizes:
-        add("MPMC 2x2 >= 0.5 x SPSC (%s)" % fmt_size(s), 0.5, "x", True,
+        add("MPMC 2x2 >= 0.6 x SPSC (%s)" % fmt_size(s), 0.6, "x", True,
             thr[("mpmc", s, "ackring")]["mpmc_over_spsc"],
             reasons=why(thr[("mpmc", s, "ackring")], thr[("spsc", s, "ackring")]))
     return out
