@@ -402,7 +402,6 @@ typedef struct {
 } ar_run;
 #define AR_RUN_MAX 64
 int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run);
-void ring_warm(ar_queue *q, int r, const ar_run *run, uint32_t n);
 int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *v, uint64_t *w, ar_run *run);
 void ring_run_end(ar_queue *q, int r, ar_run *run);
 uint64_t ring_count(const ar_queue *q, int r);

@@ -259,7 +259,6 @@ static int put_chunk(ar_client *c, const ar_iovec *msgs, size_t n, uint64_t ttl_
         n = AR_RUN_MAX;
     int rc = AR_OK;
     size_t k = 0;
-    ring_warm(q, R_FREE, &runs[R_FREE], (uint32_t)n);
     for (; k < n; k++) {
         rc = alloc_slot(q, c->entry, &v[k], &ww[k], &use[k], &runs[R_FREE]);
         if (rc != AR_OK)
@@ -559,7 +558,6 @@ int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size
             ar_run runs[R_COUNT] = {{0}};
             spin_lock(&c->lock);
             int r2 = AR_OK;
-            ring_warm(c->q, R_READY, NULL, (uint32_t)(room - 1));
             while (k < room && (r2 = try_get(c, &ds[k], runs)) == AR_OK)
                 k++;
             ring_run_end(c->q, R_READY, &runs[R_READY]);

@@ -134,24 +134,13 @@ static inline int takeable(int r, uint64_t w) {
  * (the word the next take CASes, and the first payload line) while the
  * caller works on this one.  In a steady stream the other process wrote
  * those lines last, so the next take would otherwise wait for them. */
-static inline int warm_next(ar_queue *q, int r, const uint64_t *cells, uint64_t pos) {
+static inline void warm_next(ar_queue *q, int r, const uint64_t *cells, uint64_t pos) {
     uint64_t c = LOAD(&cells[pos & q->mask], RLX);
     if (seq_diff(CELL_SEQ(c), pos + 1) != 0 || CELL_VAL(c) >= q->capacity) /* I4 */
-        return 0;
+        return;
     ar_slot *s = slot_at(q, CELL_VAL(c));
     warm_line(s, 1);
     warm_line(payload(s), r == R_FREE);
-    return 1;
-}
-
-/* Before a batch takes up to n entries of ring r: warm all their slots at
- * once, so the cache misses overlap instead of coming one per take. */
-void ring_warm(ar_queue *q, int r, const ar_run *run, uint32_t n) {
-    uint64_t pos = run && run->next != run->start ? run->next : LOAD(&q->hdr->head[r].pos, RLX);
-    if (n > q->run_max)
-        n = q->run_max;
-    for (uint32_t i = 0; i < n && warm_next(q, r, q->cells[r], pos + i); i++)
-        ;
 }
 
 int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar_run *run) {
