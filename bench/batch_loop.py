@@ -7,6 +7,8 @@ per message with callgrind, free of the machine's noise:
 
 (the difference of the two totals over 64,000 is the cost of one message;
 it takes out start-up and the 6,400-message warm-up both runs make).
+A second argument of 1 runs the per-message API instead (put + get + ack,
+one message a turn), e.g. ``batch_loop.py 50000 1`` and ``150000 1``.
 """
 import os
 import sys
@@ -16,17 +18,27 @@ import ackring
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 64000
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     name = "batch-loop-%d" % os.getpid()
     q = ackring.create(name, capacity=1024, message_size=64)
     try:
         p, c = q.producer(), q.consumer()
-        put = getattr(p, "put_batch", p.put_many)
-        chunk = [b"x" * 64] * 64
+        data = b"x" * 64
+        if batch > 1:
+            put = getattr(p, "put_batch", p.put_many)
+            chunk = [data] * batch
 
-        def loop(k):
-            for _ in range(k // 64):
-                put(chunk, timeout=1)
-                c.get_batch(64, timeout=1).ack()
+            def loop(k):
+                for _ in range(k // batch):
+                    put(chunk, timeout=1)
+                    c.get_batch(batch, timeout=1).ack()
+        else:
+            put, get = p.put, c.get
+
+            def loop(k):
+                for _ in range(k):
+                    put(data, timeout=1)
+                    get(timeout=1).ack()
 
         loop(6400)
         loop(n)
