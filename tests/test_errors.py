@@ -330,6 +330,32 @@ def test_negative_timeouts(q):
     m.ack()
 
 
+def test_int_timeouts_of_every_size(q):
+    """An int timeout takes its own path in the Cython binding (no float is
+    made of it): huge ints mean no limit, huge negative ones are refused,
+    bools are not numbers of seconds, and 0 does not wait."""
+    p, c = q.producer(), q.consumer()
+    with pytest.raises(ackring.Empty):
+        c.get(timeout=0)
+    with pytest.raises(ackring.Empty):
+        c.get(timeout=1 - 1)
+    for bad, err in ((-(10 ** 30), ValueError), (-1, ValueError), (True, TypeError), (False, TypeError)):
+        with pytest.raises(err):
+            p.put(b"x", timeout=bad)
+        with pytest.raises(err):
+            c.get(timeout=bad)
+    assert q.stats()["published"] == 0
+    p.put(b"a", timeout=10 ** 30)       # no limit (it does not wait: there is room)
+    p.put(b"b", timeout=2 ** 63)
+    p.put(b"c", timeout=10 ** 9)
+    got = []
+    for t in (10 ** 30, 2 ** 64, 1):
+        m = c.get(timeout=t)
+        got.append(m.body)
+        m.ack()
+    assert got == [b"a", b"b", b"c"]
+
+
 # ---------------------------------------------------------- client table
 
 def test_too_many_clients(make_queue):
