@@ -171,16 +171,16 @@ def _ackring_produce(names: List[str], params: Params, clock: Clock, idx: int) -
         reserve = _reserve_fn(p, size, timeout) if params.zero_copy else None
         if params.batch > 1:
             # put_batch: the ids come back as one array, no Python int per message
-            put_many = getattr(p, "put_batch", p.put_many)
-            api = "%s(%d)" % (put_many.__name__, params.batch)
+            put_vec = getattr(p, "put_batch", p.put_many)   # put_many: an ackring without put_batch
+            api = "%s(%d)" % (put_vec.__name__, params.batch)
             chunk = [data] * params.batch
             full, rest = divmod(n, params.batch)
             tail = chunk[:rest]
             clock.start()
             for _ in range(full):
-                put_many(chunk, timeout=timeout)
+                put_vec(chunk, timeout=timeout)
             if rest:
-                put_many(tail, timeout=timeout)
+                put_vec(tail, timeout=timeout)
         elif reserve is not None:
             api = "reserve"
             clock.start()
