@@ -401,13 +401,22 @@ typedef struct {
     int take; /* a run of takes (moves head) or of pushes (moves tail) */
 } ar_run;
 #define AR_RUN_MAX 64
-int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run);
-int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *v, uint64_t *w, ar_run *run);
+int ring_push_slow(ar_queue *q, int r, uint32_t v, ar_run *run);
+int ring_take_slow(ar_queue *q, int r, uint32_t e, uint32_t *v, uint64_t *w, ar_run *run);
 void ring_run_end(ar_queue *q, int r, ar_run *run);
 uint64_t ring_count(const ar_queue *q, int r);
 void ring_settle_hints(ar_queue *q);
 int ensure_in_ring(ar_queue *q, uint32_t acting, uint32_t v, uint64_t w, int *pushed);
-int ring_for_word(uint64_t w);
+extern int ring_count_probes; /* test counter (ar_ring_probes): on? */
+extern uint64_t ring_probes;  /* cells ring_take looked at while on */
+/* The ring a slot in state w belongs in, or -1 (in none). */
+static inline int ring_for_word(uint64_t w) {
+    if (SW_STATE(w) == AR_S_FREE)
+        return R_FREE;
+    if (SW_STATE(w) == AR_S_READY)
+        return SW_GEN(w) ? R_REQUEUE : R_READY;
+    return -1;
+}
 static inline void mark_take(ar_queue *q, uint32_t e, int r, uint32_t v, uint64_t w) {
     ar_entry *en = entry_at(q, e);
     STORE(&en->take_word, w, RLX);
@@ -426,6 +435,7 @@ static inline void mark_push(ar_queue *q, uint32_t e, uint32_t v, uint64_t w) {
     STORE(&en->push_mark, MARK(ring_for_word(w), v), REL);
 }
 static inline void unmark_push(ar_queue *q, uint32_t e) { STORE(&entry_at(q, e)->push_mark, 0, REL); }
+
 
 /* ---- waiting (wait.c) */
 void wake(ar_event *ev);
@@ -500,5 +510,60 @@ void ar_hook_hit(int point);
         if (UNLIKELY(ar_hook == (point)))                                       \
             ar_hook_hit(point);                                                 \
     } while (0)
+
+/* Pop an entry of ring r for entry e: its slot index and the slot's word.
+ * AR_OK, AR_EMPTY or AR_CORRUPT.  The common step of a take run is here,
+ * inline (a batch makes it once per message): the run's next cell is full
+ * and names a slot in this ring's state.  It makes the same checks (I4),
+ * marker (I7) and CAS as ring_take_slow (rings.c); anything else (no run,
+ * the run at run_max, an empty or bad cell, a lost race, a stale entry)
+ * goes to ring_take_slow, which sorts it out. */
+static inline int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar_run *run) {
+    if (!run || run->next == run->start || run->next - run->start >= q->run_max)
+        return ring_take_slow(q, r, e, vout, wout, run);
+    uint64_t hd = run->next;
+    uint64_t *cp = &q->cells[r][hd & q->mask];
+    uint64_t c = LOAD(cp, ACQ); /* acquire: pairs with the push CAS (the slot is visible) */
+    if (UNLIKELY(LOAD(&ring_count_probes, RLX)))
+        FADD(&ring_probes, 1, RLX);
+    uint32_t v = CELL_VAL(c);
+    if (seq_diff(CELL_SEQ(c), hd + 1) != 0 || v >= q->capacity) /* I4 */
+        return ring_take_slow(q, r, e, vout, wout, run);
+    uint64_t w = LOAD(&slot_at(q, v)->word, ACQ);
+    if (UNLIKELY(ring_for_word(w) != r))
+        return ring_take_slow(q, r, e, vout, wout, run);
+    mark_take(q, e, r, v, w); /* I7: name what we take before we take it */
+    /* seq_cst: releases the marker store to whoever sees the pop. */
+    if (!CAS(cp, &c, CELL(SEQ40(hd + q->capacity), v), SEQ, RLX)) {
+        unmark_take(q, e);
+        return ring_take_slow(q, r, e, vout, wout, run);
+    }
+    run->next = hd + 1;
+    HOOK(H_RUN_TAKEN); /* head lags the run by >= 2: design.md 6.3 */
+    *vout = v;
+    *wout = w;
+    return AR_OK;
+}
+
+/* Push slot index v onto ring r: AR_OK or AR_CORRUPT.  A push run's next
+ * step is here, inline, as for ring_take: the next position's cell is free
+ * for it, and its CAS claims it exactly as ring_push_slow's does; a cell
+ * not free for that position (someone else pushed there), or the run at
+ * run_max, goes to ring_push_slow, which ends the run and pushes from the
+ * tail hint. */
+static inline int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run) {
+    if (run && run->next != run->start && run->next - run->start < q->run_max) {
+        uint64_t t = run->next;
+        uint64_t *cp = &q->cells[r][t & q->mask];
+        uint64_t c = LOAD(cp, ACQ);
+        /* seq_cst: as ring_push_slow's claim (releases the slot's stores) */
+        if (seq_diff(CELL_SEQ(c), t) == 0 && CAS(cp, &c, CELL(SEQ40(t + 1), v), SEQ, RLX)) {
+            run->next = t + 1;
+            HOOK(H_RUN_PUSHED); /* tail now lags the run by >= 2: design.md 6.3 */
+            return AR_OK;
+        }
+    }
+    return ring_push_slow(q, r, v, run);
+}
 
 #endif

@@ -444,19 +444,30 @@ int ar_abort(ar_reservation *r) { return finish_reservation(r, 0, 0, 0, NULL); }
 
 /* ------------------------------------------------------------------ get */
 
+/* get_many's state across its takes: its runs on the requeue and ready
+ * rings, and the first ring to look at.  Once a batch found the requeue
+ * ring empty it takes from the ready ring only: a nack landing during the
+ * batch is concurrent with it, and the next call takes it. */
+typedef struct {
+    ar_run runs[R_COUNT];
+    int top;
+} ar_batch_take;
+
 /* One take, requeued messages first (they go ahead of never-delivered ones).
- * runs: NULL, or get_many's runs on the requeue and ready rings. */
-static int try_get(ar_client *c, ar_delivery *d, ar_run *runs) {
+ * bt: NULL (a single get), or get_many's state. */
+static int try_get(ar_client *c, ar_delivery *d, ar_batch_take *bt) {
     ar_queue *q = c->q;
     uint32_t e = c->entry;
     for (uint32_t n = 0; n <= q->capacity + 1; n++) {
         int rc = AR_EMPTY, r;
         uint32_t v = 0;
         uint64_t w = 0;
-        for (r = R_REQUEUE; r >= R_READY; r--) {
-            rc = ring_take(q, r, e, &v, &w, runs ? &runs[r] : NULL);
+        for (r = bt ? bt->top : R_REQUEUE; r >= R_READY; r--) {
+            rc = bt ? ring_take(q, r, e, &v, &w, &bt->runs[r]) : ring_take_slow(q, r, e, &v, &w, NULL);
             if (rc != AR_EMPTY)
                 break;
+            if (bt)
+                bt->top = R_READY;
         }
         if (rc == AR_EMPTY)
             return shut_down(q) ? AR_CLOSED : AR_EMPTY;
@@ -555,13 +566,13 @@ int ar_get_many(ar_client *c, ar_delivery *ds, size_t n, uint64_t deadline, size
             rc = wait_for(c, &c->q->hdr->not_empty, deadline, get_attempt, &ds[0], AR_EMPTY);
         if (rc == AR_OK) {
             size_t k = 1;
-            ar_run runs[R_COUNT] = {{0}};
+            ar_batch_take bt = {.top = R_REQUEUE};
             spin_lock(&c->lock);
             int r2 = AR_OK;
-            while (k < room && (r2 = try_get(c, &ds[k], runs)) == AR_OK)
+            while (k < room && (r2 = try_get(c, &ds[k], &bt)) == AR_OK)
                 k++;
-            ring_run_end(c->q, R_READY, &runs[R_READY]);
-            ring_run_end(c->q, R_REQUEUE, &runs[R_REQUEUE]);
+            ring_run_end(c->q, R_READY, &bt.runs[R_READY]);
+            ring_run_end(c->q, R_REQUEUE, &bt.runs[R_REQUEUE]);
             spin_unlock(&c->lock);
             if (LOAD(&c->closed, SEQ)) {
                 for (size_t i = 0; i < k; i++)

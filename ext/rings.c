@@ -30,14 +30,6 @@ static inline void help_advance(uint64_t *pos, uint64_t from) {
         CAS(pos, &from, from + 1, REL, RLX);
 }
 
-int ring_for_word(uint64_t w) {
-    if (SW_STATE(w) == AR_S_FREE)
-        return R_FREE;
-    if (SW_STATE(w) == AR_S_READY)
-        return SW_GEN(w) ? R_REQUEUE : R_READY;
-    return -1;
-}
-
 /* Move a hint forward to `to` (a run's end) unless it is there or past it
  * already.  Every position below `to` was pushed (popped): the run's own
  * cells, and below the run's start what the hint had already passed when
@@ -59,25 +51,14 @@ void ring_run_end(ar_queue *q, int r, ar_run *run) {
     run->start = run->next = 0;
 }
 
-int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run) {
+/* Every push but a run's next step (ar_internal.h:ring_push): a push from
+ * the tail hint, which may start a run, after ending the caller's run if it
+ * has one (at run_max, or its next cell was not free). */
+int ring_push_slow(ar_queue *q, int r, uint32_t v, ar_run *run) {
     ar_header *h = q->hdr;
     uint64_t *cells = q->cells[r];
-    if (run && run->next != run->start) {
-        uint64_t t = run->next;
-        if (t - run->start < q->run_max) {
-            /* the run goes on: try the next position's cell directly.  Its
-             * CAS claims it exactly as below; a cell not free for t (someone
-             * else pushed there) ends the run. */
-            uint64_t *cp = &cells[t & q->mask];
-            uint64_t c = LOAD(cp, ACQ);
-            if (seq_diff(CELL_SEQ(c), t) == 0 && CAS(cp, &c, CELL(SEQ40(t + 1), v), SEQ, RLX)) {
-                run->next = t + 1;
-                HOOK(H_RUN_PUSHED); /* tail now lags the run by >= 2: design.md 6.3 */
-                return AR_OK;
-            }
-        }
+    if (run && run->next != run->start)
         ring_run_end(q, r, run);
-    }
     for (uint32_t n = 0; n < AR_SPIN_BOUND; n++) {
         uint64_t t = LOAD(&h->tail[r].pos, ACQ);
         uint64_t *cp = &cells[t & q->mask];
@@ -117,17 +98,13 @@ int ring_push(ar_queue *q, int r, uint32_t v, ar_run *run) {
 }
 
 /* Test counter (ar_ring_probes): cells ring_take looked at, while enabled. */
-static int count_probes;
-static uint64_t probes;
+int ring_count_probes;
+uint64_t ring_probes;
 
 uint64_t ar_ring_probes(int enable) {
     if (enable >= 0)
-        STORE(&count_probes, enable != 0, RLX);
-    return LOAD(&probes, RLX);
-}
-
-static inline int takeable(int r, uint64_t w) {
-    return ring_for_word(w) == r;
+        STORE(&ring_count_probes, enable != 0, RLX);
+    return LOAD(&ring_probes, RLX);
 }
 
 /* The entry after the one just taken, if it is there already: warm its slot
@@ -143,7 +120,10 @@ static inline void warm_next(ar_queue *q, int r, const uint64_t *cells, uint64_t
     warm_line(payload(s), r == R_FREE);
 }
 
-int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar_run *run) {
+/* Every take but a run's next step (ar_internal.h:ring_take): from the
+ * head hint, a run's first take and its end, and the empty, lagging-hint,
+ * lost-race and corrupt cases. */
+int ring_take_slow(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar_run *run) {
     ar_header *h = q->hdr;
     uint64_t *cells = q->cells[r];
     int64_t R = (int64_t)q->capacity;
@@ -158,8 +138,8 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar
         uint64_t hd = in_run ? run->next : LOAD(&h->head[r].pos, ACQ);
         uint64_t *cp = &cells[hd & q->mask];
         uint64_t c = LOAD(cp, ACQ); /* acquire: pairs with the push CAS (the slot is visible) */
-        if (UNLIKELY(LOAD(&count_probes, RLX)))
-            FADD(&probes, 1, RLX);
+        if (UNLIKELY(LOAD(&ring_count_probes, RLX)))
+            FADD(&ring_probes, 1, RLX);
         int64_t d = seq_diff(CELL_SEQ(c), hd + 1);
         if (d == 0) {
             uint32_t v = CELL_VAL(c);
@@ -196,7 +176,7 @@ int ring_take(ar_queue *q, int r, uint32_t e, uint32_t *vout, uint64_t *wout, ar
             } else {
                 help_advance(&h->head[r].pos, hd);
             }
-            if (UNLIKELY(!takeable(r, w))) {
+            if (UNLIKELY(ring_for_word(w) != r)) {
                 /* An entry whose slot is not in this ring's state: never
                  * made by a sound segment.  Dropped (its slot is accounted
                  * for by its own word) and counted. */

@@ -321,6 +321,31 @@ def test_get_batch_nack_reject_and_context(make_queue):
     dead.ack()
 
 
+@pytest.mark.parametrize("call", ["get_batch", "get_many"])
+def test_a_batch_takes_the_requeued_first_then_the_new(make_queue, call):
+    # A batch looks at the requeue ring until it is empty, then takes the
+    # rest from the ready ring: requeued messages first, each ring in order.
+    q = make_queue(capacity=16, message_size=16, watchdog=None, max_deliveries=None)
+    p, c = q.producer(), q.consumer()
+    ids = p.put_many([b"a", b"b", b"c", b"d", b"e"], timeout=0)
+    first, second = c.get(timeout=1), c.get(timeout=1)
+    second.nack()                                  # requeued first: b, then a
+    first.nack()
+    got = getattr(c, call)(16, timeout=1)
+    if call == "get_batch":
+        bodies, got_ids, counts = list(got), got.ids, got.delivery_counts
+        got.ack()
+    else:
+        bodies = [m.body for m in got]
+        got_ids, counts = [m.id for m in got], [m.delivery_count for m in got]
+        c.ack_many(got)
+    assert bodies == [b"b", b"a", b"c", b"d", b"e"]
+    assert got_ids == [ids[1], ids[0]] + ids[2:]
+    assert counts == [2, 2, 1, 1, 1]
+    s = q.stats()
+    assert (s["acked"], s["nacked"], s["in_flight"], s["depth"]) == (5, 2, 0, 0), s
+
+
 def test_get_batch_of_a_closed_consumer_is_given_back(make_queue):
     q = make_queue(capacity=8, message_size=16, watchdog=None)
     p, c = q.producer(), q.consumer()
