@@ -438,7 +438,15 @@ static inline void unmark_push(ar_queue *q, uint32_t e) { STORE(&entry_at(q, e)-
 
 
 /* ---- waiting (wait.c) */
-void wake(ar_event *ev);
+void wake_sleepers(ar_event *ev, uint32_t v);
+/* After a change that may let a waiter on ev go on (wait.c): inline, as
+ * every publish and settle makes one, and only a set bit 0 costs more. */
+static inline void wake(ar_event *ev) {
+    /* seq_cst: the waker's half of I6 (wait.c, top). */
+    uint32_t v = LOAD(&ev->seq, SEQ);
+    if (UNLIKELY(v & 1u))
+        wake_sleepers(ev, v);
+}
 void wake_all(ar_event *ev);
 typedef int (*ar_attempt)(ar_client *c, void *arg);
 int wait_for(ar_client *c, ar_event *ev, uint64_t deadline, ar_attempt attempt, void *arg, int none);

@@ -49,14 +49,11 @@ static void futex_wake(uint32_t *addr) {
     syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-void wake(ar_event *ev) {
-    /* seq_cst: the waker's half of I6 (see the top of this file). */
-    uint32_t v = LOAD(&ev->seq, SEQ);
-    if (UNLIKELY(v & 1u)) {
-        /* Only the waker that clears the flag makes the system call. */
-        if (CAS(&ev->seq, &v, (v + 2u) & ~1u, SEQ, RLX))
-            futex_wake(&ev->seq);
-    }
+/* wake's rare half (ar_internal.h:wake): bit 0 was set in v.  Only the
+ * waker that clears the flag makes the system call. */
+void wake_sleepers(ar_event *ev, uint32_t v) {
+    if (CAS(&ev->seq, &v, (v + 2u) & ~1u, SEQ, RLX))
+        futex_wake(&ev->seq);
 }
 
 void wake_all(ar_event *ev) {
