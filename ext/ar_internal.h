@@ -435,7 +435,8 @@ static inline void mark_push(ar_queue *q, uint32_t e, uint32_t v, uint64_t w) {
     STORE(&en->push_mark, MARK(ring_for_word(w), v), REL);
 }
 static inline void unmark_push(ar_queue *q, uint32_t e) { STORE(&entry_at(q, e)->push_mark, 0, REL); }
-
+/* ring_take and ring_push (a run's next step inline, anything else through
+ * ring_take_slow / ring_push_slow) are at the end of this file: they use HOOK. */
 
 /* ---- waiting (wait.c) */
 void wake_sleepers(ar_event *ev, uint32_t v);
